@@ -1,0 +1,7 @@
+"""`python -m liteseg` is the `liteseg` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

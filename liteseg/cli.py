@@ -1,0 +1,172 @@
+"""The `liteseg` command: models, segment, train, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import __version__
+from .errors import LiteSegError
+from .modelcard import DEFAULT_MODEL
+
+
+def _format_seconds(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
+
+
+def _tqdm_progress(description: str):
+    """A (callback, bar) pair: the callback moves a percentage tqdm bar from fractions in [0, 1]."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=description, unit="%")
+
+    def callback(fraction: float, message: str) -> None:
+        bar.set_postfix_str(message, refresh=False)
+        bar.update(round(fraction * 100) - bar.n)
+
+    return callback, bar
+
+
+def cmd_models(_args: argparse.Namespace) -> int:
+    from .modelcard import bundled_cards
+    from .params import format_model_table, model_table_rows
+
+    print(format_model_table(model_table_rows()))
+    print("\nBundled weights:")
+    for card in bundled_cards():
+        print(f"  {card.name} {card.version}: network {card.network}, {card.data.get('title', '')}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import segment_file, segment_folder
+
+    options = dict(
+        keep_largest=args.largest_component,
+        batch_size=args.batch_size,
+        allow_non_ct=args.allow_non_ct,
+    )
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    if args.folder:
+        cases = segment_folder(args.input, args.output, args.model, args.overwrite, **options)
+        failed = [c for c in cases if c.error]
+        for case in cases:
+            status = f"FAILED: {case.error}" if case.error else f"{case.foreground_ml:.1f} ml -> {case.output}"
+            print(f"{case.input.name}: {status} ({case.seconds:.1f} s)")
+        total = sum(c.seconds for c in cases)
+        print(f"{len(cases) - len(failed)} of {len(cases)} volumes segmented in {total:.1f} s")
+        return 1 if failed else 0
+    if args.input.is_dir() and not _looks_like_dicom(args.input):
+        raise LiteSegError(f"{args.input} is a folder without a DICOM series; use --folder to segment every volume in it")
+    callback, bar = _tqdm_progress("segmenting")
+    try:
+        result = segment_file(args.input, args.output, args.model, args.overwrite, progress=callback, **options)
+    finally:
+        bar.close()
+    total = sum(result.seconds.values())
+    print(f"wrote {args.output}: {result.foreground_voxels} voxels ({result.foreground_ml:.1f} ml) labelled")
+    print(f"time {total:.2f} s ({_format_seconds(result.seconds)})")
+    return 0
+
+
+def _looks_like_dicom(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_paths, format_metrics_table, write_csv
+
+    rows = evaluate_paths(args.prediction, args.reference, ref_labels=args.label_values)
+    print(format_metrics_table(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    callback, bar = _tqdm_progress("segmenting sample CT")
+    try:
+        result = run_demo(args.output_dir, args.model, progress=callback)
+    finally:
+        bar.close()
+    print(f"model: {result.model}")
+    print(f"segmentation: {result.segmentation}")
+    print(f"outline picture: {result.picture}")
+    print(f"Dice against the sample's reference pancreas mask: {result.dice:.3f}")
+    print(f"time {sum(result.seconds.values()):.2f} s ({_format_seconds(result.seconds)})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liteseg", description="Fast CPU segmentation with very small networks.")
+    parser.add_argument("--version", action="version", version=f"liteseg {__version__}")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list the networks with parameter counts and the bundled weights")
+    models.set_defaults(run=cmd_models)
+
+    segment = commands.add_parser("segment", help="segment a volume (NIfTI, NRRD, MHA, DICOM folder) or a folder of volumes")
+    segment.add_argument("input", type=Path)
+    segment.add_argument("output", type=Path, help="output labelmap file (or folder with --folder)")
+    segment.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or model card .json (default {DEFAULT_MODEL})")
+    segment.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model card's)")
+    segment.add_argument("--largest-component", action="store_true", help="keep only the largest connected component")
+    segment.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    segment.add_argument("--folder", action="store_true", help="segment every volume in the INPUT folder into the OUTPUT folder")
+    segment.add_argument("--allow-non-ct", action="store_true", help="skip the check that a CT model gets Hounsfield units")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.set_defaults(run=cmd_segment)
+
+    train = commands.add_parser("train", help="train a network headless and write weights with a model card")
+    from .training.cli import configure_parser
+
+    configure_parser(train)
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="per-case Dice and 95%% Hausdorff distance, printed and as CSV")
+    evaluate.add_argument("prediction", type=Path, help="predicted labelmap file or folder")
+    evaluate.add_argument("reference", type=Path, help="reference labelmap file or folder (matched by file name)")
+    evaluate.add_argument("--label-values", type=int, nargs="+", default=None, help="reference values counted as foreground (default: nonzero)")
+    evaluate.add_argument("--csv", type=Path, default=None, help="write the per-case metrics to this CSV")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="segment the sample CT with the bundled weights, print Dice and time")
+    demo.add_argument("--output-dir", type=Path, default=Path("liteseg-demo"))
+    demo.add_argument("--model", default=DEFAULT_MODEL)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    except LiteSegError as error:
+        print(f"liteseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("liteseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

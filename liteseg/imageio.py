@@ -1,0 +1,120 @@
+"""Reading, checking and writing images with SimpleITK (NIfTI, NRRD, MHA, DICOM series folders)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InvalidImageError, LiteSegError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+
+
+def image_suffix(path: Path) -> str:
+    """The image extension of `path`, double suffixes such as `.nii.gz` included ('' if none)."""
+    name = path.name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def case_name(path: Path) -> str:
+    """File name without its image extension (the folder name for a DICOM series)."""
+    suffix = image_suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and image_suffix(path) != ""
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read an image file or a DICOM series folder (the series with the most files)."""
+    path = Path(path)
+    if not path.exists():
+        raise LiteSegError(f"input not found: {path}")
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise InvalidImageError(f"cannot read {path}: {first_line}") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InvalidImageError(f"no DICOM series found in folder {folder}")
+    files = max(
+        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
+    )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def check_volume(image: sitk.Image, what: str = "input") -> None:
+    """Refuse images no 3D segmentation model can use, with a one-line reason."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(
+            f"{what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(vector or colour image); a scalar 3D volume is required"
+        )
+    dimension = image.GetDimension()
+    size = image.GetSize()
+    if dimension == 4 and size[3] == 1:
+        dimension = 3
+    if dimension != 3:
+        raise InvalidImageError(f"{what} is {dimension}D with size {size}; a 3D volume is required")
+    if min(size[:3]) < 2:
+        raise InvalidImageError(f"{what} has size {size[:3]}: a single slice, a 3D volume is required")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidImageError(f"{what} contains NaN or infinite voxel values")
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise InvalidImageError(f"{what} is empty: every voxel has the value {low:g}")
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """Drop a trailing singleton 4th dimension (some NIfTI writers add one)."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        return image[:, :, :, 0]
+    return image
+
+
+def check_ct_intensities(image: sitk.Image, what: str = "input") -> None:
+    """Refuse volumes whose intensities cannot be CT in Hounsfield units (air is about -1000 HU)."""
+    array = sitk.GetArrayViewFromImage(image)
+    low, high = float(array.min()), float(array.max())
+    if low > -500 or high < 0 or high > 40000:
+        raise InvalidImageError(
+            f"{what} does not look like a CT in Hounsfield units (intensities {low:g} to {high:g}; "
+            "a CT holds air near -1000 HU): this model needs CT (use --allow-non-ct to override)"
+        )
+
+
+def write_image(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
+    """Write atomically: a temporary file beside `path`, renamed over it once complete.
+
+    Never leaves a partial file, and refuses to replace an existing file unless `overwrite`.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if not suffix:
+        raise LiteSegError(f"unsupported output extension for {path}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{case_name(path)}.partial-{os.getpid()}{suffix}")
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

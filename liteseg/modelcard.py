@@ -1,0 +1,140 @@
+"""Model cards (JSON beside the weights) and checksum-verified loading of bundled weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LiteSegError, WeightsError
+from .models import build_model
+from .preprocessing import Preprocessing
+
+DEFAULT_MODEL = "monet-pancreas-ct-demo"
+CARD_SUFFIX = ".json"
+REQUIRED_KEYS = ("name", "version", "network", "weights", "sha256", "input", "output", "labels")
+
+# Slicer's terminology for the pancreas (SNOMED CT) and its recommended display colour.
+PANCREAS_LABEL = {
+    "value": 1,
+    "name": "Pancreas",
+    "color": [249, 180, 111],
+    "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+    "type": {"scheme": "SCT", "code": "15776009", "meaning": "Pancreas"},
+}
+
+
+def models_dir() -> Path:
+    """Folder of the bundled weights: $LITESEG_MODELS, else `Resources/Models` of the checkout."""
+    override = os.environ.get("LITESEG_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card read from its JSON file; weights are resolved beside it."""
+
+    path: Path
+    data: dict
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def version(self) -> str:
+        return self.data["version"]
+
+    @property
+    def network(self) -> str:
+        return self.data["network"]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path.parent / self.data["weights"]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.data["input"]["preprocessing"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.data["output"]["threshold"])
+
+    @property
+    def labels(self) -> list[dict]:
+        return self.data["labels"]
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelCard":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise WeightsError(f"cannot read model card {path}: {error}") from None
+        missing = [key for key in REQUIRED_KEYS if key not in data]
+        if missing:
+            raise WeightsError(f"model card {path} lacks {', '.join(missing)}")
+        return cls(Path(path), data)
+
+
+def bundled_cards() -> list[ModelCard]:
+    """Every model card in the bundled models folder, sorted by name."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    return sorted((ModelCard.read(p) for p in folder.glob(f"*{CARD_SUFFIX}")), key=lambda c: c.name)
+
+
+def find_card(model: str | Path) -> ModelCard:
+    """A bundled model by name, or a model card given by its path."""
+    path = Path(model)
+    if path.suffix == CARD_SUFFIX and path.is_file():
+        return ModelCard.read(path)
+    cards = bundled_cards()
+    for card in cards:
+        if card.name == str(model):
+            return card
+    names = ", ".join(c.name for c in cards) or f"none found in {models_dir()}"
+    raise WeightsError(f"unknown model {model!r}; bundled models: {names}; or give a model card .json path")
+
+
+def load_network(card: ModelCard) -> nn.Module:
+    """Build the card's network and load its weights after checking their sha256; eval mode."""
+    weights = card.weights_path
+    if not weights.is_file():
+        raise WeightsError(f"weights file missing: {weights} (named by model card {card.path})")
+    actual = sha256_file(weights)
+    if actual != card.data["sha256"]:
+        raise WeightsError(
+            f"weights file {weights} does not match its model card (sha256 {actual[:12]}..., "
+            f"card says {card.data['sha256'][:12]}...): corrupted or replaced; reinstall or retrain"
+        )
+    network = build_model(card.network)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise WeightsError(f"weights {weights} do not fit network {card.network!r}: {str(error).splitlines()[0]}") from None
+    return network.eval()
+
+
+def write_card(path: Path, data: dict) -> Path:
+    """Write a model card as indented JSON (the trainer fills `data`, including the sha256)."""
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise LiteSegError(f"model card lacks {', '.join(missing)}")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

@@ -1,0 +1,153 @@
+"""Training cases: where they come from, how they are split by patient, and how their slices
+are prepared exactly as inference prepares them (same orientation, normalisation and size)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..errors import LiteSegError
+from ..geometry import slice_orientation
+from ..imageio import as_3d, case_name, check_ct_intensities, check_volume, read_image
+from ..metrics import check_same_grid
+from ..preprocessing import Preprocessing, resize_slices
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled volume; `patient` groups the cases that must stay on one side of a split."""
+
+    patient: str
+    image: Path
+    label: Path
+
+    def describe(self) -> dict:
+        """The case as recorded in a model card (file names only, no local folders)."""
+        return {"patient": self.patient, "image": self.image.name, "label": self.label.name}
+
+
+def case_from_pair(image: str | Path, label: str | Path, patient: str | None = None) -> Case:
+    """A single image/label pair (the patient id defaults to the image's case name)."""
+    image, label = Path(image), Path(label)
+    for path in (image, label):
+        if not path.exists():
+            raise LiteSegError(f"training file not found: {path}")
+    return Case(patient or case_name(image), image, label)
+
+
+def cases_from_decathlon(folder: str | Path) -> list[Case]:
+    """The "training" list of a Medical Segmentation Decathlon folder's dataset.json."""
+    folder = Path(folder)
+    manifest = folder / "dataset.json"
+    try:
+        entries = json.loads(manifest.read_text())["training"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise LiteSegError(f"cannot read the training list of {manifest}: {error}") from None
+    try:
+        return [case_from_pair(folder / entry["image"], folder / entry["label"]) for entry in entries]
+    except (KeyError, TypeError):
+        raise LiteSegError(f"{manifest}: each training entry needs 'image' and 'label'") from None
+
+
+def cases_from_pairs_csv(path: str | Path) -> list[Case]:
+    """Cases from a CSV with columns image,label[,patient]; relative paths are relative to the CSV."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise LiteSegError(f"cannot read {path}: {error}") from None
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise LiteSegError(f"{path} needs a header with columns image,label (and optionally patient)")
+    return [
+        case_from_pair(path.parent / row["image"].strip(), path.parent / row["label"].strip(),
+                       (row.get("patient") or "").strip() or None)
+        for row in rows
+    ]
+
+
+def split_by_patient(cases: Sequence[Case], val_fraction: float = 0.3, seed: int = 0) -> tuple[list[Case], list[Case]]:
+    """(training, validation) cases with every patient on one side, the same for the same seed.
+
+    `val_fraction` 0 validates on the training cases themselves (an optimistic validation).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise LiteSegError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return list(cases), list(cases)
+    patients = sorted({case.patient for case in cases})
+    if len(patients) < 2:
+        raise LiteSegError(
+            f"cannot hold out validation patients: only {len(patients)} patient; use a validation fraction of 0"
+        )
+    random.Random(seed).shuffle(patients)
+    n_val = min(max(round(len(patients) * val_fraction), 1), len(patients) - 1)
+    held_out = set(patients[:n_val])
+    return [c for c in cases if c.patient not in held_out], [c for c in cases if c.patient in held_out]
+
+
+def merge_labels(array: np.ndarray, label_values: Iterable[int]) -> np.ndarray:
+    """uint8 mask: 1 where the (rounded, for float label files) value is one of `label_values`."""
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    return np.isin(array, list(label_values)).astype(np.uint8)
+
+
+def read_case(case: Case, label_values: Iterable[int], preprocessing: Preprocessing) -> tuple[sitk.Image, sitk.Image]:
+    """The checked image and its merged 0/1 reference (uint8, same grid)."""
+    image = as_3d(read_image(case.image))
+    check_volume(image, f"image of case {case.patient}")
+    if preprocessing.modality == "CT":
+        check_ct_intensities(image, f"image of case {case.patient}")
+    label = as_3d(read_image(case.label))
+    check_same_grid(image, label, f"case {case.patient} ({case.image.name} and {case.label.name})")
+    reference = sitk.GetImageFromArray(merge_labels(sitk.GetArrayViewFromImage(label), label_values))
+    reference.CopyInformation(image)
+    return image, reference
+
+
+@dataclass
+class Slices:
+    """Prepared axial slices held in memory: images float16 and labels uint8, (N, 1, H, W)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def foreground(self) -> torch.Tensor:
+        """Boolean (N,): which slices contain foreground."""
+        return self.labels.flatten(1).any(dim=1)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Slices"]) -> "Slices":
+        return cls(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+def load_slices(case: Case, label_values: Iterable[int], preprocessing: Preprocessing) -> Slices:
+    """A case's canonical axial slices, normalised and resized as inference does (labels nearest)."""
+    image, reference = read_case(case, label_values, preprocessing)
+    orientation = slice_orientation(image)
+    volume = preprocessing.normalize(orientation.to_canonical(sitk.GetArrayViewFromImage(image)))
+    labels = orientation.to_canonical(sitk.GetArrayViewFromImage(reference))
+    images = resize_slices(torch.from_numpy(np.ascontiguousarray(volume))[:, None], preprocessing.slice_size)
+    masks = resize_slices(torch.from_numpy(np.ascontiguousarray(labels))[:, None].float(),
+                          preprocessing.slice_size, labels=True)
+    return Slices(images.to(torch.float16), masks.to(torch.uint8))
+
+
+def select_slices(slices: Slices, empty_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Shuffled indices: every foreground slice plus `empty_ratio` empty slices per foreground slice."""
+    foreground = slices.foreground
+    full = torch.nonzero(foreground).flatten()
+    empty = torch.nonzero(~foreground).flatten()
+    n_empty = min(len(empty), round(empty_ratio * len(full)))
+    chosen = torch.cat([full, empty[torch.randperm(len(empty), generator=generator)[:n_empty]]])
+    return chosen[torch.randperm(len(chosen), generator=generator)]

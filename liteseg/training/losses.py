@@ -1,0 +1,14 @@
+"""Training losses."""
+
+from __future__ import annotations
+
+import torch
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss 1 - (2 sum(p y) + smooth) / (sum p + sum y + smooth), p = sigmoid(logits),
+    summed over the whole batch (as the Keras MoNet code does)."""
+    probability = torch.sigmoid(logits)
+    target = target.to(probability.dtype)
+    intersection = (probability * target).sum()
+    return 1 - (2 * intersection + smooth) / (probability.sum() + target.sum() + smooth)
