@@ -18,17 +18,25 @@ def _format_seconds(seconds: dict[str, float]) -> str:
     return ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
 
 
-def _tqdm_progress(description: str):
-    """A (callback, bar) pair: the callback moves a percentage tqdm bar from fractions in [0, 1]."""
-    from tqdm import tqdm
+class _ProgressBar:
+    """A progress callback drawing a tqdm percentage bar, created at the first report so that
+    an error found before any progress prints no bar."""
 
-    bar = tqdm(total=100, desc=description, unit="%")
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar = None
 
-    def callback(fraction: float, message: str) -> None:
-        bar.set_postfix_str(message, refresh=False)
-        bar.update(round(fraction * 100) - bar.n)
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
 
-    return callback, bar
+            self.bar = tqdm(total=100, desc=self.description, unit="%")
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(round(fraction * 100) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def cmd_models(_args: argparse.Namespace) -> int:
@@ -63,9 +71,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if args.input.is_dir() and not _looks_like_dicom(args.input):
         raise LiteSegError(f"{args.input} is a folder without a DICOM series; use --folder to segment every volume in it")
-    callback, bar = _tqdm_progress("segmenting")
+    bar = _ProgressBar("segmenting")
     try:
-        result = segment_file(args.input, args.output, args.model, args.overwrite, progress=callback, **options)
+        result = segment_file(args.input, args.output, args.model, args.overwrite, progress=bar, **options)
     finally:
         bar.close()
     total = sum(result.seconds.values())
@@ -94,9 +102,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    callback, bar = _tqdm_progress("segmenting sample CT")
+    bar = _ProgressBar("segmenting sample CT")
     try:
-        result = run_demo(args.output_dir, args.model, progress=callback)
+        result = run_demo(args.output_dir, args.model, progress=bar)
     finally:
         bar.close()
     print(f"model: {result.model}")

@@ -11,9 +11,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidImageError, LiteSegError
+from .imageio import IMAGE_SUFFIXES, case_name, image_suffix, label_mask, read_image
 from .metrics import check_same_grid, dice, hausdorff95
 
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 CSV_HEADER = ("case", "dice", "hd95_mm", "pred_voxels", "ref_voxels")
 
 
@@ -28,24 +28,11 @@ class CaseMetrics:
     ref_voxels: int
 
 
-def case_name(path: Path) -> str:
-    """File name without its image extension; "" when the name has no image extension."""
-    name = path.name
-    for extension in IMAGE_EXTENSIONS:
-        if name.lower().endswith(extension) and len(name) > len(extension):
-            return name[: -len(extension)]
-    return ""
-
-
 def _read_mask(path: Path, what: str) -> sitk.Image:
-    """Read a scalar image, turning I/O problems into one-line LiteSegErrors."""
+    """Read a scalar label image (one-line LiteSegErrors for missing, unreadable or vector files)."""
     if not path.is_file():
         raise LiteSegError(f"{what} file not found: {path}")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise LiteSegError(f"cannot read {what} {path}: {detail}") from exc
+    image = read_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidImageError(f"{what} {path} has vector pixels; a label image is needed")
     return image
@@ -72,11 +59,10 @@ def evaluate_case(
         raise LiteSegError("ref_labels is empty; give at least one label or None for nonzero")
     pred_image = _read_mask(pred_path, "prediction")
     ref_image = _read_mask(ref_path, "reference")
-    name = case_name(pred_path) or pred_path.name
+    name = case_name(pred_path)
     check_same_grid(pred_image, ref_image, f"case {name}: prediction and reference")
     pred = sitk.GetArrayViewFromImage(pred_image) != 0
-    ref_values = np.rint(sitk.GetArrayViewFromImage(ref_image))
-    ref = ref_values != 0 if ref_labels is None else np.isin(ref_values, list(ref_labels))
+    ref = label_mask(sitk.GetArrayViewFromImage(ref_image), ref_labels)
     return CaseMetrics(
         case=name,
         dice=dice(pred, ref),
@@ -91,7 +77,7 @@ def _images_by_case(folder: Path) -> dict[str, Path]:
     cases: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         name = case_name(path)
-        if not name or name.startswith(".") or not path.is_file():
+        if not image_suffix(path) or name.startswith(".") or not path.is_file():
             continue
         if name in cases:
             raise LiteSegError(f"two images for case {name} in {folder}: {cases[name].name}, {path.name}")
@@ -118,7 +104,7 @@ def evaluate_paths(
     preds = _images_by_case(pred)
     refs = _images_by_case(ref)
     if not preds:
-        raise LiteSegError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in prediction folder {pred}")
+        raise LiteSegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in prediction folder {pred}")
     unmatched = sorted(name for name in preds if name not in refs)
     if unmatched:
         raise LiteSegError(f"no reference in {ref} for predictions: {', '.join(unmatched)}")

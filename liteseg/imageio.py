@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,6 +31,14 @@ def case_name(path: Path) -> str:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and image_suffix(path) != ""
+
+
+def label_mask(array: np.ndarray, label_values: Iterable[int] | None = None) -> np.ndarray:
+    """Boolean foreground of a label array: values in `label_values` (None: nonzero), after
+    rounding float label files (often float64 0/1)."""
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    return array != 0 if label_values is None else np.isin(array, list(label_values))
 
 
 def read_image(path: str | Path) -> sitk.Image:

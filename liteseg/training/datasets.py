@@ -16,7 +16,7 @@ import torch
 
 from ..errors import LiteSegError
 from ..geometry import slice_orientation
-from ..imageio import as_3d, case_name, check_ct_intensities, check_volume, read_image
+from ..imageio import as_3d, case_name, check_ct_intensities, check_volume, label_mask, read_image
 from ..metrics import check_same_grid
 from ..preprocessing import Preprocessing, resize_slices
 
@@ -96,9 +96,7 @@ def split_by_patient(cases: Sequence[Case], val_fraction: float = 0.3, seed: int
 
 def merge_labels(array: np.ndarray, label_values: Iterable[int]) -> np.ndarray:
     """uint8 mask: 1 where the (rounded, for float label files) value is one of `label_values`."""
-    if array.dtype.kind == "f":
-        array = np.rint(array)
-    return np.isin(array, list(label_values)).astype(np.uint8)
+    return label_mask(array, label_values).astype(np.uint8)
 
 
 def read_case(case: Case, label_values: Iterable[int], preprocessing: Preprocessing) -> tuple[sitk.Image, sitk.Image]:

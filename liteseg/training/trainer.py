@@ -1,0 +1,446 @@
+"""Headless training of a 2D slice-by-slice network with the MoNet paper's recipe.
+
+Every epoch: one augmented pass over the selected training slices, the validation Dice loss on
+fixed validation slices, and the validation Dice of whole volumes segmented by `segment_image`
+(exactly the inference path). A checkpoint after each epoch allows an exact resume; the best
+epoch's weights (lowest validation loss) are written with a model card at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from .. import __version__
+from ..errors import LiteSegError
+from ..inference import segment_image
+from ..metrics import dice, hausdorff95
+from ..modelcard import PANCREAS_LABEL, sha256_file, write_card
+from ..models import MODELS, build_model
+from ..preprocessing import Preprocessing
+from .augment import random_affine
+from .datasets import Case, Slices, load_slices, read_case, select_slices, split_by_patient
+from .losses import dice_loss
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CURVE_NAME = "training_curve.png"
+THRESHOLD = 0.5
+AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.25, "shift": 0.2}
+# Options that may differ when resuming without changing the result of the epochs already run.
+RESUMABLE_CHANGES = ("epochs", "notes", "num_threads", "output")
+
+# Label of the merged foreground (value 1) in Slicer's terminology (SNOMED CT) and colour.
+LABEL_PRESETS = {
+    "pancreas": PANCREAS_LABEL,
+    "liver": {
+        "value": 1,
+        "name": "Liver",
+        "color": [221, 130, 101],
+        "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+        "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (the MoNet paper's recipe by default)."""
+
+    output: Path
+    name: str = "monet-pancreas-ct"
+    version: str = "1.0.0"
+    network: str = "monet"
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_factor: float = 0.1
+    lr_patience: int = 2  # epochs without validation-loss improvement before lr x lr_factor (Keras meaning)
+    seed: int = 0
+    val_fraction: float = 0.3
+    label_values: tuple[int, ...] = (1, 2)
+    empty_slice_ratio: float = 0.5
+    passes_per_epoch: int = 1  # draws of the training slices per epoch (small data sets)
+    foreground_prior: Optional[float] = None  # initial output probability (None: the paper's zero bias)
+    label_preset: str = "pancreas"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    device: str = "auto"
+    num_threads: Optional[int] = None
+    notes: str = ""
+
+    def check(self) -> None:
+        """Raise LiteSegError on an option no training can use."""
+        spec = MODELS.get(self.network)
+        if spec is None or spec.spatial_dims != 2:
+            names = ", ".join(n for n, s in MODELS.items() if s.spatial_dims == 2)
+            raise LiteSegError(f"the slice trainer needs a 2D network ({names}), got {self.network!r}")
+        problems = [
+            (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size < 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.lr <= 0, f"learning rate must be positive, got {self.lr}"),
+            (self.lr_patience < 1, f"lr patience must be at least 1, got {self.lr_patience}"),
+            (self.empty_slice_ratio < 0, f"empty slice ratio must be >= 0, got {self.empty_slice_ratio}"),
+            (self.passes_per_epoch < 1, f"passes per epoch must be at least 1, got {self.passes_per_epoch}"),
+            (self.foreground_prior is not None and not 0 < self.foreground_prior < 1,
+             f"foreground prior must be between 0 and 1, got {self.foreground_prior}"),
+            (not self.label_values, "label values must name at least one value"),
+            (self.label_preset not in LABEL_PRESETS,
+             f"unknown label preset {self.label_preset!r}; choose from {', '.join(LABEL_PRESETS)}"),
+            (self.device not in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (not self.name or Path(self.name).name != self.name, f"model name must be a file name, got {self.name!r}"),
+            (self.num_threads is not None and self.num_threads < 1, f"threads must be at least 1, got {self.num_threads}"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise LiteSegError(message)
+
+    def to_dict(self) -> dict:
+        """JSON-compatible copy (lists for tuples), as stored in checkpoints and model cards."""
+        return json.loads(json.dumps({**asdict(self), "output": str(self.output)}))
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" is CUDA when available, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LiteSegError("device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class OnDevice(nn.Module):
+    """Runs `network` on `device` for callers that pass and expect CPU tensors (segment_image)."""
+
+    def __init__(self, network: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.network = network
+        self.device = device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.to(self.device)).float().cpu()
+
+
+def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True, resume: bool = False) -> Path:
+    """Train on `cases` (split by patient), write weights, checkpoint, curve and model card.
+
+    `command` is recorded in the card. `resume` continues `<output>/checkpoint.pt`, which must
+    come from the same options (only epochs, notes, threads and the folder may change) and cases.
+    Returns the model card's path.
+    """
+    config.check()
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint, weights, card = output / CHECKPOINT_NAME, output / f"{config.name}.pt", output / f"{config.name}.json"
+    if not resume:
+        existing = [p.name for p in (checkpoint, weights, card) if p.exists()]
+        if existing:
+            raise LiteSegError(f"{output} already holds {', '.join(existing)}: use --resume to continue it, or another output folder")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    network = build_model(config.network).to(device)
+    if config.foreground_prior is not None:
+        set_output_prior(network, config.foreground_prior)
+    optimizer = torch.optim.NAdam(network.parameters(), lr=config.lr)
+    # PyTorch reduces after `patience` + 1 bad epochs, Keras (the paper) after `patience`.
+    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience - 1)
+    history: list[dict] = []
+    if resume:
+        history = _restore(checkpoint, config, train_cases, val_cases, network, optimizer, scheduler, generator)
+
+    train_slices = _load(train_cases, config, "training", progress_bar)
+    val_slices = train_slices if val_cases == train_cases else _load(val_cases, config, "validation", progress_bar)
+    val_indices = torch.sort(select_slices(val_slices, config.empty_slice_ratio, torch.Generator().manual_seed(config.seed))).values
+
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        indices = torch.cat(
+            [select_slices(train_slices, config.empty_slice_ratio, generator) for _ in range(config.passes_per_epoch)]
+        )
+        bar = _bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", progress_bar)
+        train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device, bar)
+        val_loss = _validation_loss(network, val_slices, val_indices, config.batch_size, device)
+        val_dice = float(np.mean([r["dice"] for r in _evaluate(network, val_cases, config, device, with_hd95=False)]))
+        scheduler.step(val_loss)
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr,
+             "seconds": time.perf_counter() - started}
+        )
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}")
+            bar.close()
+        if best_epoch(history) == epoch:
+            _save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+        _save_atomic(
+            {
+                "config": config.to_dict(),
+                "train_cases": [c.describe() for c in train_cases],
+                "val_cases": [c.describe() for c in val_cases],
+                "epoch": epoch,
+                "history": history,
+                "model": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(generator, device),
+            },
+            checkpoint,
+        )
+        plot_curve(history, output / CURVE_NAME)
+
+    network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    results = _evaluate(network, val_cases, config, device, with_hd95=True)
+    data = _card(config, weights, history, train_cases, val_cases, results, device, command)
+    return write_card(card, data)
+
+
+def set_output_prior(network: nn.Module, prior: float) -> None:
+    """Start the output layer's bias at logit(prior), so that the first predictions are mostly
+    background (Lin et al. 2017's prior initialisation); speeds up training on small targets."""
+    bias = [p for name, p in network.named_parameters() if name.endswith("bias")][-1]
+    if bias.shape != (network.out_channels,):
+        raise LiteSegError(f"cannot set an output prior: the last bias of the network has shape {tuple(bias.shape)}")
+    with torch.no_grad():
+        bias.fill_(math.log(prior / (1 - prior)))
+
+
+def best_epoch(history: Sequence[dict]) -> int:
+    """The epoch with the lowest validation loss (the first on ties)."""
+    return min(history, key=lambda h: h["val_loss"])["epoch"]
+
+
+def plot_curve(history: Sequence[dict], path: Path) -> Path:
+    """PNG of training loss, validation loss and validation Dice per epoch (matplotlib Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    for key, label in (("train_loss", "training Dice loss"), ("val_loss", "validation Dice loss"), ("val_dice", "validation Dice")):
+        axes.plot(epochs, [h[key] for h in history], marker="o", markersize=3, label=label)
+    axes.axvline(best_epoch(history), color="grey", linestyle=":", label="best epoch")
+    axes.set(xlabel="epoch", ylim=(0, 1), title="Training curve")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _bar(total: int, description: str, enabled: bool):
+    """A tqdm bar of `total` batches, or None without progress display."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="batch")
+
+
+def _load(cases: Sequence[Case], config: TrainConfig, what: str, progress_bar: bool) -> Slices:
+    if progress_bar:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc=f"loading {what} cases", unit="case")
+    slices = Slices.concatenate([load_slices(c, config.label_values, config.preprocessing) for c in cases])
+    if not slices.foreground.any():
+        raise LiteSegError(f"no {what} slice holds any of the label values {list(config.label_values)}")
+    return slices
+
+
+def _train_epoch(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    slices: Slices,
+    indices: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    bar,
+) -> float:
+    """One augmented pass over `indices`; the mean training loss per slice."""
+    network.train()
+    total = 0.0
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        images, labels = random_affine(
+            slices.images[batch].to(device).float(), slices.labels[batch].to(device).float(), generator,
+            AUGMENTATION["rotation_degrees"], AUGMENTATION["zoom"], AUGMENTATION["shift"],
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss = dice_loss(network(images), labels)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / (start + len(batch)):.4f}")
+    return total / len(indices)
+
+
+@torch.inference_mode()
+def _validation_loss(network: nn.Module, slices: Slices, indices: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Dice loss of the fixed validation slices without augmentation, averaged over batches by size."""
+    network.eval()
+    total = 0.0
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        logits = network(slices.images[batch].to(device).float())
+        total += dice_loss(logits, slices.labels[batch].to(device)).item() * len(batch)
+    return total / len(indices)
+
+
+def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, device: torch.device, with_hd95: bool) -> list[dict]:
+    """Dice (and HD95 in mm, None when a mask is empty) of whole volumes segmented by segment_image."""
+    runner = OnDevice(network, device)
+    results = []
+    for case in cases:
+        image, reference = read_case(case, config.label_values, config.preprocessing)
+        labelmap = segment_image(image, runner, config.preprocessing, threshold=THRESHOLD).labelmap
+        result = {"patient": case.patient, "image": case.image.name,
+                  "dice": dice(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(reference))}
+        if with_hd95:
+            distance = hausdorff95(labelmap, reference)
+            result["hd95_mm"] = None if math.isnan(distance) else distance
+        results.append(result)
+    return results
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary file renamed over `path`, so an interruption never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _restore(
+    path: Path,
+    config: TrainConfig,
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: ReduceLROnPlateau,
+    generator: torch.Generator,
+) -> list[dict]:
+    """Load a checkpoint made with the same options and cases; returns its history."""
+    if not path.is_file():
+        raise LiteSegError(f"nothing to resume: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise LiteSegError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+    saved, current = state["config"], config.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise LiteSegError(f"cannot resume {path}: options changed since the checkpoint: {'; '.join(changed)}")
+    if state["train_cases"] != [c.describe() for c in train_cases] or state["val_cases"] != [c.describe() for c in val_cases]:
+        raise LiteSegError(f"cannot resume {path}: the training or validation cases differ from the checkpoint's")
+    network.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["rng"]["generator"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["history"]
+
+
+def _card(
+    config: TrainConfig,
+    weights: Path,
+    history: Sequence[dict],
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    results: Sequence[dict],
+    device: torch.device,
+    command: str,
+) -> dict:
+    label = dict(LABEL_PRESETS[config.label_preset])
+    best = best_epoch(history)
+    on_training = config.val_fraction == 0
+    if on_training:
+        split = "none (validation fraction 0): validated on the training cases, so the validation figures are optimistic"
+    else:
+        split = (
+            f"by patient with seed {config.seed}, validation fraction {config.val_fraction}: "
+            f"{len({c.patient for c in train_cases})} training patients ({len(train_cases)} cases), "
+            f"{len({c.patient for c in val_cases})} validation patients ({len(val_cases)} cases)"
+        )
+    distances = [r["hd95_mm"] for r in results if r["hd95_mm"] is not None]
+    return {
+        "name": config.name,
+        "version": config.version,
+        "title": f"{label['name']} segmentation ({config.preprocessing.modality}), {config.network}",
+        "network": config.network,
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "input": {"axis": "axial slices (from the direction matrix)", "preprocessing": config.preprocessing.to_dict()},
+        "output": {"activation": "sigmoid", "threshold": THRESHOLD},
+        "labels": [label],
+        "training": {
+            "data": [c.describe() for c in train_cases],
+            "validation_data": [c.describe() for c in val_cases],
+            "split": split,
+            "seed": config.seed,
+            "epochs": len(history),
+            "best_epoch": best,
+            "recipe": {
+                "optimizer": "NAdam",
+                "lr": config.lr,
+                "scheduler": f"ReduceLROnPlateau on validation loss: lr x{config.lr_factor} after "
+                f"{config.lr_patience} epochs without improvement",
+                "loss": "soft Dice on sigmoid(logits), over the batch, smooth 1",
+                "augmentation": f"rotation +-{AUGMENTATION['rotation_degrees']:g} deg, zoom +-{AUGMENTATION['zoom']:g}, "
+                f"shift +-{AUGMENTATION['shift']:g} of the size (bilinear images, nearest labels)",
+                "batch_size": config.batch_size,
+                "output_bias_init": "zero (paper)" if config.foreground_prior is None
+                else f"logit({config.foreground_prior:g}) (prior initialisation)",
+                "label_values": list(config.label_values),
+                "slices": f"every slice with foreground plus {config.empty_slice_ratio:g} empty slices per "
+                f"foreground slice, drawn again {config.passes_per_epoch} time(s) per epoch",
+            },
+            "history": list(history),
+            "device": str(device),
+            "seconds": round(sum(h["seconds"] for h in history), 1),
+        },
+        "validation": {
+            "on_training_cases": on_training,
+            "weights": f"best epoch {best} (lowest validation loss)",
+            "cases": list(results),
+            "mean_dice": float(np.mean([r["dice"] for r in results])),
+            "mean_hd95_mm": float(np.mean(distances)) if distances else None,
+        },
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "liteseg_version": __version__,
+        "notes": config.notes,
+    }
