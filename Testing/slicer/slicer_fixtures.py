@@ -1,0 +1,95 @@
+"""Fixtures of the MoNetSegmentation module tests, run against Slicer's real non-Qt core.
+
+`slicer` here is the `slicer-core` wheel (pip install slicer-core): Slicer's MRML scene, nodes,
+module logics, readers and writers, without Qt. Test modules that need it start with
+`pytest.importorskip("slicer", ...)`, so that without the wheel they are skipped with the reason;
+in CI (`CI` set), where it is installed, a missing wheel fails `test_slicer_core_is_installed_in_ci`.
+
+This is not a conftest.py on purpose: Testing/engine's tests do `from conftest import ...`, and a
+second conftest module would shadow theirs when both folders run in one pytest session. Test
+modules import the fixtures they use from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MODULE_DIR = ROOT / "MoNetSegmentation"
+
+# As in Slicer: the module's folder is on sys.path (MoNetSegmentationLib), and the harness beside.
+for path in (MODULE_DIR, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+@pytest.fixture()
+def core():
+    """A fresh Slicer core (scene, application logic, module logics) per test; the test fails if
+    VTK reported an error or a warning during it."""
+    from slicer_harness import SlicerCore
+
+    core = SlicerCore()
+    yield core
+    messages = core.vtkMessages()
+    core.close()
+    assert "ERROR" not in messages and "Warning" not in messages, f"VTK reported:\n{messages}"
+
+
+@pytest.fixture()
+def data_root() -> Path:
+    """The shared real-data folder ($LITESEG_DATA); skipped when absent, except in CI."""
+    from liteseg.data import data_root as root
+
+    from MoNetSegmentationLib.selftest import REAL_CT
+
+    folder = root()
+    if not (folder / REAL_CT).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data missing in CI: {folder / REAL_CT} (set LITESEG_DATA)")
+        pytest.skip(f"real data folder not found: {folder} (set LITESEG_DATA to run this test)")
+    return folder
+
+
+@pytest.fixture()
+def bundled_model():
+    """The bundled default model's card; skipped when its weights are not there yet, except in CI."""
+    from liteseg.modelcard import DEFAULT_MODEL, bundled_cards
+
+    cards = [card for card in bundled_cards() if card.name == DEFAULT_MODEL and card.weights_path.is_file()]
+    if not cards:
+        if os.environ.get("CI"):
+            pytest.fail(f"bundled model {DEFAULT_MODEL} missing in CI")
+        pytest.skip(f"bundled model {DEFAULT_MODEL} not in Resources/Models yet")
+    return cards[0]
+
+
+@pytest.fixture()
+def random_monet_card(tmp_path):
+    """A model card with an untrained MoNet (real weights file, checksum), in tmp_path/models."""
+    import torch
+
+    from liteseg.modelcard import PANCREAS_LABEL, ModelCard, sha256_file
+    from liteseg.models import build_model
+    from liteseg.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    weights = folder / "random_monet.pt"
+    torch.save(build_model("monet").state_dict(), weights)
+    data = {
+        "name": "random-monet", "version": "0.0.1", "network": "monet", "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "input": {"preprocessing": Preprocessing(slice_size=(64, 64)).to_dict()},
+        "output": {"activation": "sigmoid", "threshold": 0.5},
+        "labels": [PANCREAS_LABEL],
+    }
+    card = weights.with_suffix(".json")
+    card.write_text(json.dumps(data))
+    return ModelCard.read(card)

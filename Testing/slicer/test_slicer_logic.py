@@ -1,0 +1,228 @@
+"""MoNetSegmentation's logic against Slicer's real core: the segmentation lies where the engine
+segmented, in physical space, for every orientation; errors are clear ValueErrors."""
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from slicer_harness import SLICER_MISSING
+
+slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
+
+from slicer_fixtures import core, random_monet_card  # noqa: E402,F401  (pytest fixtures)
+
+from liteseg.inference import segment_image  # noqa: E402
+
+from MoNetSegmentationLib import engine, segmentation_writer, selftest, volume_bridge  # noqa: E402
+from MoNetSegmentationLib.logic import Cancelled, SegmentationLogic  # noqa: E402
+from MoNetSegmentationLib.selftest import GEOMETRIES, phantomImage, thresholdModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def threshold_model():
+    return thresholdModel()
+
+
+@pytest.fixture()
+def logic(threshold_model):
+    return SegmentationLogic(modelLoader=lambda model: threshold_model)
+
+
+def engine_labelmap(image, threshold_model, **options):
+    network, card = threshold_model
+    options.setdefault("threshold", card.threshold)
+    return segment_image(image, network, card.preprocessing, **options).labelmap
+
+
+@pytest.mark.parametrize("name", ["axial", "coronal_acquired", "oblique", "left_handed"])
+def test_segment_lies_where_the_engine_segmented_the_file(core, tmp_path, logic, threshold_model, name):
+    """The file is read by Slicer's reader (which stores left-handed volumes flipped); the segment's
+    voxels, in physical space, are exactly the engine's on the SimpleITK image of the same file."""
+    image = phantomImage(GEOMETRIES[name])
+    path = tmp_path / f"{name}.nrrd"
+    sitk.WriteImage(image, str(path))
+    volume = core.volumesLogic.AddArchetypeVolume(str(path), name)
+    study = selftest.putInStudy(core.scene, volume)
+
+    node = logic.process(volume)
+
+    segment_id = selftest.checkPancreasSegment(node, volume, study)
+    expected = engine_labelmap(sitk.ReadImage(str(path)), threshold_model)
+    count = selftest.checkSameVoxels(node, segment_id, expected, name)
+    assert count > 200
+    assert node.GetName() == f"{name} segmentation"
+    assert node.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_segmentation_keeps_the_input_voxel_grid(core, logic):
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["oblique"]), "ct")
+    node = logic.process(volume)
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName("Pancreas")
+    labelmap = node.GetSegmentation().GetSegment(segment_id).GetRepresentation("Binary labelmap")
+    matrix = slicer.util.vtkMatrixFromArray(np.eye(4))
+    labelmap.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), volume_bridge.ijkToRas(volume), atol=1e-12)
+    extent, full = labelmap.GetExtent(), volume.GetImageData().GetExtent()
+    assert all(full[2 * a] <= extent[2 * a] and extent[2 * a + 1] <= full[2 * a + 1] for a in range(3))
+
+
+def test_existing_user_segmentation_is_kept_and_pancreas_replaced(core, logic):
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")
+    user = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    user.CreateDefaultDisplayNodes()
+    user.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    body = slicer.util.arrayFromVolume(volume) > -500
+    body_id = user.GetSegmentation().AddEmptySegment("", "Body", [0.5, 0.5, 0.5])
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        segmentation_writer.orientedLabelmap(body.astype(np.uint8), volume), user, body_id)
+    body_voxels = segmentation_writer.segmentPointsRas(user, body_id)
+    untouched = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "someone else's")
+    untouched.GetSegmentation().AddEmptySegment("", "Pancreas", [0, 1, 0])
+
+    assert logic.process(volume, user) is user
+    assert logic.process(volume, user) is user  # twice: replaces its own segment
+    segmentation = user.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["Body", "Pancreas"]
+    np.testing.assert_array_equal(segmentation_writer.segmentPointsRas(user, body_id), body_voxels)
+    assert untouched.GetSegmentation().GetSegment(untouched.GetSegmentation().GetNthSegmentID(0)).GetColor() == (0, 1, 0)
+    assert core.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # nothing created
+
+
+def test_progress_timings_volume_and_show3d(core, logic):
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")
+    reports = []
+    node = logic.process(volume, progress=lambda f, m: reports.append((f, m)), show3D=True)
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert any(m.startswith("Segmenting: slice") for _, m in reports) and reports[-1][1].startswith("Completed in")
+    assert set(logic.lastTimings) >= {"read", "load", "preprocess", "inference", "postprocess", "write", "total"}
+    voxels = len(segmentation_writer.segmentPointsRas(node, node.GetSegmentation().GetSegmentIdBySegmentName("Pancreas")))
+    assert logic.lastVolumeMl == pytest.approx(voxels * np.prod(volume.GetSpacing()) / 1000)
+    surface = node.GetSegmentation().GetNthSegment(0).GetRepresentation("Closed surface")
+    assert surface is not None and surface.GetNumberOfPoints() > 0
+
+
+def test_keep_largest_component(core):
+    native = thresholdModel(sliceSize=(32, 32))  # no resizing: exact counts
+    logic = SegmentationLogic(modelLoader=lambda model: native)
+    array = np.full((10, 32, 32), -1000, dtype=np.int16)
+    array[2:8, 4:14, 4:14] = 150
+    array[3:5, 20:23, 20:23] = 150
+    image = sitk.GetImageFromArray(array)
+    volume = volume_bridge.addVolumeFromImage(core.scene, image, "two blobs")
+    both = logic.process(volume)
+    largest = logic.process(volume, keepLargestComponent=True)
+    count = lambda node: len(segmentation_writer.segmentPointsRas(node, node.GetSegmentation().GetNthSegmentID(0)))  # noqa: E731
+    assert (count(both), count(largest)) == (6 * 100 + 2 * 9, 6 * 100)
+
+
+def test_cancel_leaves_the_scene_unchanged(core, logic):
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")
+    nodes = core.scene.GetNumberOfNodes()
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        logic.process(volume, cancel=cancel)
+    stop = threading.Event()
+
+    def cancel_during_inference(fraction, message):
+        if message.startswith("Segmenting"):
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        logic.process(volume, progress=cancel_during_inference, cancel=stop)
+    assert core.scene.GetNumberOfNodes() == nodes
+
+
+def test_transformed_volume_is_refused_or_segmented_as_shown(core, logic, threshold_model):
+    image = phantomImage(GEOMETRIES["axial"])
+    volume = volume_bridge.addVolumeFromImage(core.scene, image, "ct")
+    transform = core.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "tilt")
+    rotate = np.eye(4)
+    rotate[:3, :3] = selftest.rotation("x", 90)  # turns the axial axis into a coronal one
+    rotate[:3, 3] = (5.0, -3.0, 12.0)
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(rotate))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(ValueError, match="under the transform 'tilt'.*[Hh]arden"):
+        logic.process(volume)
+
+    node = logic.process(volume, applyParentTransform=True)
+    assert node.GetParentTransformNode() is transform
+    assert volume.GetParentTransformNode() is transform  # the input is not hardened
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName("Pancreas")
+    local = segmentation_writer.segmentPointsRas(node, segment_id)
+    world = local @ rotate[:3, :3].T + rotate[:3, 3]
+    world_image = volume_bridge.volumeToImage(volume, applyParentTransform=True)
+    expected = engine_labelmap(world_image, threshold_model)
+    assert selftest.voxelIndices(world, expected, "world") == selftest.voxelIndices(
+        selftest.foregroundPointsRas(expected), expected, "engine")
+
+    elsewhere = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "not transformed")
+    with pytest.raises(ValueError, match="not under the same transform"):
+        logic.process(volume, elsewhere, applyParentTransform=True)
+
+
+def test_bad_inputs_give_clear_errors(core, logic):
+    with pytest.raises(ValueError, match="no input volume"):
+        logic.process(None)
+    vector = core.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(vector, np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="scalar volume is required"):
+        logic.process(vector)
+    flat = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 200, (1, 32, 32)).astype(np.int16))
+    single = volume_bridge.addVolumeFromImage(core.scene, flat, "one slice")
+    with pytest.raises(ValueError, match="cannot segment 'one slice'.*single slice, a 3D volume is required"):
+        logic.process(single)
+    mri = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 800, (8, 32, 32)).astype(np.float32))
+    mri_volume = volume_bridge.addVolumeFromImage(core.scene, mri, "T1")
+    with pytest.raises(ValueError, match=r"cannot segment 'T1': .*does not look like a CT.*allowNonCT=True"):
+        logic.process(mri_volume)
+    assert logic.process(mri_volume, allowNonCT=True) is not None
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")
+    with pytest.raises(ValueError, match="is a vtkMRMLScalarVolumeNode, not a segmentation"):
+        logic.process(volume, volume)
+    with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+        logic.process(volume, threshold=1.5)
+    segmentations = core.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    assert segmentations == 1  # only the allowNonCT run created one
+
+
+def test_unknown_model_and_real_monet_card(core, random_monet_card):
+    logic = SegmentationLogic()
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["left_handed"]), "ct")
+    with pytest.raises(ValueError, match="cannot load model 'no-such-model': unknown model"):
+        logic.process(volume, model="no-such-model")
+    node = logic.process(volume, model=random_monet_card.path)  # the engine's loader: sha256 checked
+    network, card = logic.loadModel(random_monet_card.path)
+    assert card.name == "random-monet" and logic.lastModel is card
+    expected = segment_image(volume_bridge.volumeToImage(volume), network, card.preprocessing, threshold=0.5).labelmap
+    segment_id = selftest.checkPancreasSegment(node, volume)
+    selftest.checkSameVoxels(node, segment_id, expected, "random MoNet")
+
+
+def test_model_listing_without_torch_matches_the_engine(monkeypatch, random_monet_card):
+    from liteseg import modelcard
+
+    assert engine.DEFAULT_MODEL == modelcard.DEFAULT_MODEL
+    assert engine.modelsDir() == modelcard.models_dir()
+    monkeypatch.setenv("LITESEG_MODELS", str(random_monet_card.path.parent))
+    assert engine.modelsDir() == modelcard.models_dir()
+    assert [(c.name, c.version) for c in modelcard.bundled_cards()] == [("random-monet", "0.0.1")]
+    (random_monet_card.path.parent / "broken.json").write_text("{not json")  # skipped by the listing
+    models = SegmentationLogic().availableModels()
+    assert [(m.name, m.version, m.label) for m in models] == [("random-monet", "0.0.1", "random-monet (v0.0.1)")]
+    assert engine.bundledModelNames() == [engine.DEFAULT_MODEL, "random-monet"]
+
+
+def test_empty_output_node_is_set_up_like_a_new_one(core, logic):
+    """A segmentation node made empty by a node selector gets display nodes, the reference geometry
+    and the study, as a segmentation created by the logic does."""
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["coronal_acquired"]), "ct")
+    study = selftest.putInStudy(core.scene, volume)
+    empty = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "from the selector")
+    assert empty.GetDisplayNode() is None
+    assert logic.process(volume, empty) is empty
+    assert empty.GetDisplayNode() is not None
+    selftest.checkPancreasSegment(empty, volume, study)

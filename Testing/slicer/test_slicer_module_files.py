@@ -1,0 +1,162 @@
+"""Static checks of the module's files (no Slicer, no Qt needed): the .ui file against the Python
+code that uses it, the parameter node bindings, CMake lists and the icon.
+
+These read the files; they do not run Qt or the parameter node wrapper (not available outside the
+Slicer application). The widget classes each parameter type may bind to are those of Slicer's
+parameterNodeWrapper GUI connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py).
+"""
+
+import ast
+import py_compile
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "MoNetSegmentation"
+MODULE_FILE = MODULE_DIR / "MoNetSegmentation.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MoNetSegmentation.ui"
+ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "MoNetSegmentation.png"
+
+# parameter type -> widget classes Slicer's GUI connectors bind it to (exact class match there)
+CONNECTABLE = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "int": {"QSpinBox", "QSlider"},
+    "str": {"QLineEdit", "QTextEdit", "QComboBox"},
+    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+}
+
+
+def ui_widgets() -> dict:
+    """name -> (class, {property: value}) of every widget in the .ui file."""
+    widgets = {}
+    for element in ET.parse(UI_FILE).getroot().iter("widget"):
+        properties = {}
+        for prop in element.findall("property"):
+            value = prop[0]
+            if value.tag == "stringlist":
+                properties[prop.get("name")] = [s.text for s in value.findall("string")]
+            else:
+                properties[prop.get("name")] = value.text
+        assert element.get("name") not in widgets, f"duplicate widget name {element.get('name')}"
+        widgets[element.get("name")] = (element.get("class"), properties)
+    return widgets
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def parameter_node_fields() -> dict:
+    """name -> annotation source of the @parameterNodeWrapper class."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and any(
+            (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list
+        ):
+            return {
+                statement.target.id: ast.unparse(statement.annotation)
+                for statement in node.body
+                if isinstance(statement, ast.AnnAssign)
+            }
+    raise AssertionError("no @parameterNodeWrapper class in MoNetSegmentation.py")
+
+
+def base_type(annotation: str) -> str:
+    match = re.match(r"Annotated\[(\w+)", annotation)
+    name = match.group(1) if match else annotation
+    return "node" if name.startswith("vtkMRML") else name
+
+
+def test_module_file_compiles():
+    py_compile.compile(str(MODULE_FILE), doraise=True)
+
+
+def test_every_ui_widget_the_code_uses_exists():
+    used = {node.attr for node in ast.walk(module_tree())
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    used.discard("__dict__")
+    widgets = ui_widgets()
+    assert used, "the widget uses no self.ui.<name>?"
+    assert sorted(used - set(widgets)) == []
+    assert {"applyButton", "progressBar", "statusLabel", "modelSelector", "parametersCollapsibleButton"} <= used
+
+
+def test_every_parameter_is_bound_to_a_fitting_widget():
+    fields = parameter_node_fields()
+    assert set(fields) == {"inputVolume", "outputSegmentation", "model", "threshold", "keepLargestComponent",
+                           "localizeFirst", "show3D"}
+    bound = {}
+    for name, (cls, properties) in ui_widgets().items():
+        parameter = properties.get("SlicerParameterName")
+        if parameter:
+            assert parameter not in bound, f"{parameter} bound twice"
+            bound[parameter] = (name, cls, properties)
+    assert sorted(set(fields) - set(bound)) == [], "parameters without a widget"
+    assert sorted(set(bound) - set(fields)) == [], "SlicerParameterName naming no parameter"
+    for parameter, annotation in fields.items():
+        name, cls, properties = bound[parameter]
+        assert cls in CONNECTABLE[base_type(annotation)], f"{parameter}: {annotation} cannot bind to {cls} {name}"
+        if cls == "QComboBox":
+            assert "Choice(" in annotation, f"{parameter}: a QComboBox needs a Choice annotation"
+        if cls == "ctkSliderWidget":
+            assert "WithinRange(" in annotation, f"{parameter}: a slider needs a bounded range"
+        if base_type(annotation) == "node":
+            assert properties["nodeTypes"] == [annotation], f"{name} lists {properties['nodeTypes']}"
+            assert properties.get("showChildNodeTypes") == "false"
+
+
+def test_ui_content_of_the_issue():
+    widgets = ui_widgets()
+    root = ET.parse(UI_FILE).getroot()
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    cls, output = widgets["outputSelector"]
+    assert output["addEnabled"] == "true" and output["noneEnabled"] == "true"  # can create a new node
+    assert widgets["applyButton"][1]["text"] == "Segment pancreas"
+    cls, localize = widgets["localizeCheckBox"]
+    assert localize["enabled"] == "false" and "speed work" in localize["toolTip"]
+    assert widgets["progressBar"][0] == "QProgressBar" and widgets["statusLabel"][0] == "QLabel"
+    receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert receivers == {"inputSelector", "outputSelector"}
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    custom = {cls for cls, _ in widgets.values() if not cls.startswith("Q")}
+    assert custom == declared
+
+
+def test_module_classes_follow_the_template():
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in module_tree().body if isinstance(node, ast.ClassDef)}
+    assert classes["MoNetSegmentation"] == ["ScriptedLoadableModule"]
+    assert classes["MoNetSegmentationWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["MoNetSegmentationLogic"] == ["ScriptedLoadableModuleLogic", "SegmentationLogic"]
+    assert classes["MoNetSegmentationTest"] == ["ScriptedLoadableModuleTest"]
+    assert 'self.resourcePath("UI/MoNetSegmentation.ui")' in MODULE_FILE.read_text()
+
+
+def test_cmake_lists_every_script_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MoNetSegmentation")
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT MoNetSegmentation.py)" in text
+    scripts = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    listed = set(re.findall(r"^\s+(\S+\.py)$", text, re.MULTILINE))
+    assert listed == scripts
+    resources = set(re.findall(r"^\s+(Resources/\S+)$", text, re.MULTILINE))
+    assert resources == {"Resources/Icons/MoNetSegmentation.png", "Resources/UI/MoNetSegmentation.ui"}
+    assert all((MODULE_DIR / r).is_file() for r in resources)
+
+
+def test_icon_is_a_128_pixel_png():
+    data = ICON_FILE.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (MODULE_DIR / "MoNetSegmentationLib").glob("*.py")))
+def test_library_imports_no_qt(path):
+    source = (MODULE_DIR / "MoNetSegmentationLib" / path).read_text()
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule"}
