@@ -1,19 +1,24 @@
-"""Model cards (JSON beside the weights) and checksum-verified loading of bundled weights."""
+"""Model cards (JSON beside the weights) and checksum-verified loading of bundled weights.
+
+Reading and listing cards needs no torch (Slicer lists the models before torch is installed);
+torch is imported when weights are loaded.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import LiteSegError, WeightsError
-from .models import build_model
 from .preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_MODEL = "monet-pancreas-ct-demo"
 CARD_SUFFIX = ".json"
@@ -91,11 +96,16 @@ class ModelCard:
 
 
 def bundled_cards() -> list[ModelCard]:
-    """Every model card in the bundled models folder, sorted by name."""
+    """Every readable model card in the bundled models folder, sorted by name; an unreadable
+    card is left out with a warning, so that it does not hide the others."""
     folder = models_dir()
-    if not folder.is_dir():
-        return []
-    return sorted((ModelCard.read(p) for p in folder.glob(f"*{CARD_SUFFIX}")), key=lambda c: c.name)
+    cards = []
+    for path in sorted(folder.glob(f"*{CARD_SUFFIX}")) if folder.is_dir() else []:
+        try:
+            cards.append(ModelCard.read(path))
+        except WeightsError as error:
+            warnings.warn(str(error), stacklevel=2)
+    return sorted(cards, key=lambda c: c.name)
 
 
 def find_card(model: str | Path) -> ModelCard:
@@ -111,8 +121,12 @@ def find_card(model: str | Path) -> ModelCard:
     raise WeightsError(f"unknown model {model!r}; bundled models: {names}; or give a model card .json path")
 
 
-def load_network(card: ModelCard) -> nn.Module:
+def load_network(card: ModelCard) -> "nn.Module":
     """Build the card's network and load its weights after checking their sha256; eval mode."""
+    import torch
+
+    from .models import build_model
+
     weights = card.weights_path
     if not weights.is_file():
         raise WeightsError(f"weights file missing: {weights} (named by model card {card.path})")

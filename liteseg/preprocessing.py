@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import LiteSegError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,10 @@ class Preprocessing:
         return (volume - float(foreground.mean())) / std
 
 
-def resize_slices(slices: torch.Tensor, size: tuple[int, int], labels: bool = False) -> torch.Tensor:
+def resize_slices(slices: "torch.Tensor", size: tuple[int, int], labels: bool = False) -> "torch.Tensor":
     """Resize a batch of slices (N, C, H, W): linear for images and probabilities, nearest for labels."""
+    import torch.nn.functional as F  # here, so that model cards can be read without torch
+
     if tuple(slices.shape[-2:]) == tuple(size):
         return slices
     if labels:

@@ -7,25 +7,16 @@ Where the engine is found:
 - checkout: when `<checkout>/MoNetSegmentation` is added to Slicer's module paths, `liteseg` is
   not importable; the checkout root (the parent of the module folder) is then put on `sys.path`.
 
-`import liteseg` itself is cheap (the package's `__init__` imports nothing), but
-`liteseg.modelcard` and `liteseg.inference` import torch. The model selector must be filled
+Listing the bundled models (`liteseg.modelcard`) needs no torch, so the model selector is filled
 before torch is known to be installed (it may be missing inside Slicer until the user agrees to
-install it), so the bundled model cards are listed here by reading their JSON directly.
+install it).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-# Must equal liteseg.modelcard.DEFAULT_MODEL (checked by Testing/slicer); repeated here because
-# importing liteseg.modelcard imports torch.
-DEFAULT_MODEL = "monet-pancreas-ct-demo"
-MODELS_ENV = "LITESEG_MODELS"  # same override as liteseg.modelcard.models_dir()
 
 CHECKOUT_ROOT = Path(__file__).resolve().parents[2]  # <root>/MoNetSegmentation/MoNetSegmentationLib/engine.py
 
@@ -45,13 +36,8 @@ def importEngine():
     return liteseg
 
 
-def modelsDir() -> Path:
-    """Folder of the bundled weights and cards, exactly as liteseg.modelcard.models_dir()."""
-    override = os.environ.get(MODELS_ENV)
-    if override:
-        return Path(override)
-    liteseg = importEngine()
-    return Path(liteseg.__file__).resolve().parents[1] / "Resources" / "Models"
+importEngine()
+from liteseg.modelcard import DEFAULT_MODEL, bundled_cards  # noqa: E402  (torch-free)
 
 
 @dataclass(frozen=True)
@@ -68,25 +54,15 @@ class ModelInfo:
         return f"{self.name} (v{self.version})" if self.version else self.name
 
 
-def availableModels(folder: Optional[Path] = None) -> list[ModelInfo]:
-    """Bundled models (every readable `*.json` card with a name), sorted by name; no torch needed.
+def availableModels() -> list[ModelInfo]:
+    """Bundled models (every readable model card), sorted by name; no torch needed.
 
-    Loading a model still goes through `liteseg.inference.load_model`, which checks the card and
-    the weights' sha256; unreadable cards are skipped here and reported by the engine when chosen.
+    Loading a model goes through `liteseg.inference.load_model`, which checks the weights' sha256.
     """
-    folder = Path(folder) if folder is not None else modelsDir()
-    models = []
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(data, dict) or not data.get("name"):
-                continue
-            description = str(data.get("description") or data.get("notes") or "")
-            models.append(ModelInfo(str(data["name"]), str(data.get("version", "")), path, description))
-    return sorted(models, key=lambda m: m.name)
+    return [
+        ModelInfo(card.name, card.version, card.path, str(card.data.get("description") or card.data.get("notes") or ""))
+        for card in bundled_cards()
+    ]
 
 
 def bundledModelNames() -> list[str]:

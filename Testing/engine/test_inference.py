@@ -184,3 +184,14 @@ def test_folder_mode_segments_each_volume_and_reports_failures(tmp_path, random_
     assert "empty" in cases[2].error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.mha"]
     assert_same_grid(read_image(tmp_path / "out" / "b.mha"), read_image(inputs / "b.mha"))
+
+
+def test_model_cards_are_listed_without_importing_torch():
+    """Slicer fills its model selector before torch is installed: listing cards must not need it."""
+    import subprocess
+    import sys
+
+    code = "import sys, liteseg.modelcard as m; m.bundled_cards(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

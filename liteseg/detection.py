@@ -1,0 +1,377 @@
+"""LowRes two-stage detection: boxes from stage 1, full-resolution refinement by stage 2.
+
+`detect_image` runs stage 1 on the whole volume (in overlapping tiles when it is large),
+thresholds the 1/8-resolution logits, takes the 26-connected components, grows each one's box by
+`margin` low-resolution voxels (clipped to the image), runs stage 2 on the stage-1 features
+cropped to each box and writes the box's logits into a full-resolution logit map. That map starts
+from the trilinearly upsampled stage-1 logits, as the authors' code does (the paper says zeros);
+with the default margin of 1 the choice cannot change the labelmap, because outside every box
+the upsampled logits only mix cells below the threshold.
+
+The network works in the canonical (S, P, L) orientation (`geometry.slice_orientation`) with the
+volume padded at its far ends to a multiple of 8 (with 0, the bottom of the normalised range), so
+that every level nests exactly; results are mapped back to the image's own array order exactly.
+
+Memory: the stage-1 features of the whole volume are kept for stage 2 (about 11 bytes per input
+voxel in float32), the full-resolution logit map is float16 (2 bytes per voxel) and is filled
+slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input voxels.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .components import Box, component_boxes, label_components
+from .errors import Cancelled, LiteSegError
+from .geometry import SliceOrientation, slice_orientation
+from .imageio import as_3d, check_ct_intensities, check_volume
+from .inference import CancelFlag, ProgressCallback, _cancelled
+from .models.lowres import LowResFeatures, LowResNet, LowResStage1
+
+DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: about 1 GB of activations
+
+# Stage-1 context in x8 voxels. A logit of x8 cell i depends on input voxels 8i-68 .. 8i+75
+# (4 convolutions at 1/2, 5 at 1/4 and 5 at 1/8 resolution, plus the pooling windows), so a
+# tile grown by 9 cells on every side computes its central cells exactly as the untiled pass.
+STAGE1_HALO = 9
+
+# Stitched stage-1 levels and their voxels per x8 voxel along each axis (x1 is the input).
+_LEVEL_FACTOR = {"x2_inp": 4, "x2": 4, "x4": 2, "x8": 1, "logits8": 1}
+
+_SLAB_CELLS = 4  # x8 rows per slab when upsampling the stage-1 logits to full resolution
+_LOGIT_LIMIT = 60000.0  # logits are clamped to the float16 range of the full-resolution map
+
+DETECTION_CSV_COLUMNS = (
+    "index",
+    "max_probability",
+    "volume_ml",
+    "centre_l_mm",
+    "centre_p_mm",
+    "centre_s_mm",
+    "centre_r_mm",
+    "centre_a_mm",
+    "box_k_start",
+    "box_k_stop",
+    "box_j_start",
+    "box_j_stop",
+    "box_i_start",
+    "box_i_stop",
+    "size_k_mm",
+    "size_j_mm",
+    "size_i_mm",
+)
+
+_PREPROCESSING_KINDS = ("hu_window", "grey_0_255")
+
+
+@dataclass(frozen=True)
+class DetectionPreprocessing:
+    """Intensity normalisation of a LowRes model's input (3D, native spacing).
+
+    kind "hu_window": clip to `window` in HU and scale to [0, 1] (LUNA16: [-1000, 300]); the
+    input must look like a CT in HU. kind "grey_0_255": grey levels 0-255 (DeepLesion PNG
+    slices) divided by 255 after clipping to [0, 255]; no window and no CT check.
+    """
+
+    kind: str = "hu_window"
+    window: Optional[tuple[float, float]] = (-1000.0, 300.0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _PREPROCESSING_KINDS:
+            raise LiteSegError(f"unknown detection preprocessing {self.kind!r}; expected one of {_PREPROCESSING_KINDS}")
+        if self.kind == "hu_window" and (self.window is None or self.window[0] >= self.window[1]):
+            raise LiteSegError(f"preprocessing 'hu_window' needs a window (low, high), got {self.window}")
+        if self.kind == "grey_0_255" and self.window is not None:
+            raise LiteSegError("preprocessing 'grey_0_255' takes no window")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DetectionPreprocessing:
+        if "kind" not in data:
+            raise LiteSegError(f"not a detection preprocessing (no 'kind'): {data}")
+        window = data.get("window")
+        return cls(kind=data["kind"], window=tuple(window) if window is not None else None)  # type: ignore[arg-type]
+
+    def check(self, image: sitk.Image, allow_non_ct: bool = False) -> None:
+        """Refuse an image whose intensities cannot be what this preprocessing expects."""
+        if self.kind == "hu_window" and not allow_non_ct:
+            check_ct_intensities(image)
+
+    def normalize(self, volume: np.ndarray) -> np.ndarray:
+        """The volume mapped to [0, 1] as float32."""
+        low, high = self.window if self.kind == "hu_window" else (0.0, 255.0)  # type: ignore[misc]
+        volume = volume.astype(np.float32, copy=False)
+        return (np.clip(volume, low, high) - np.float32(low)) / np.float32(high - low)
+
+
+@dataclass
+class Detection:
+    """One detected object, in the image's own array index order (k, j, i) = (z, y, x).
+
+    `box` is the region stage 2 refined (the stage-1 component's box grown by the margin and
+    clipped to the image, in full-resolution voxels), `mask` the object's voxels inside it,
+    `size_mm` the box's extent along the array axes (k, j, i), `centre` the centroid of the
+    object's voxels in physical LPS mm.
+    """
+
+    index: int
+    box: Box
+    centre: tuple[float, float, float]
+    size_mm: tuple[float, float, float]
+    volume_ml: float
+    max_probability: float
+    mask: np.ndarray = field(repr=False)
+
+    @property
+    def centre_ras(self) -> tuple[float, float, float]:
+        """The centre in RAS mm (Slicer's coordinates)."""
+        x, y, z = self.centre
+        return (-x, -y, z)
+
+
+@dataclass
+class DetectionResult:
+    """A uint8 labelmap on exactly the input grid, the detections and seconds per stage."""
+
+    labelmap: sitk.Image
+    detections: list[Detection]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO) -> list[tuple[Box, Box]]:
+    """(core, tile) boxes in x8 voxels covering `grid`: the cores partition it, each tile is
+    its core grown by `halo` and clipped. Cores are halved, the axis with the largest tile
+    first, until a tile holds at most `max_voxels` input voxels (512 per x8 voxel) or every
+    core is one cell wide."""
+    if max_voxels < 1:
+        raise LiteSegError(f"max_voxels_stage1 must be positive, got {max_voxels}")
+    grid = tuple(int(n) for n in grid)
+    core = list(grid)
+
+    def extents() -> list[int]:
+        return [min(c + 2 * halo, n) for c, n in zip(core, grid)]
+
+    while math.prod(extents()) * 512 > max_voxels:
+        splittable = [a for a in range(len(grid)) if core[a] > 1]
+        if not splittable:
+            break
+        axis = max(splittable, key=lambda a: extents()[a])
+        core[axis] = -(-core[axis] // 2)
+    tiles = []
+    for start in np.ndindex(*(-(-n // c) for n, c in zip(grid, core))):
+        lo = tuple(s * c for s, c in zip(start, core))
+        hi = tuple(min(a + c, n) for a, c, n in zip(lo, core, grid))
+        tile = Box(tuple(max(a - halo, 0) for a in lo), tuple(min(b + halo, n) for b, n in zip(hi, grid)))
+        tiles.append((Box(lo, hi), tile))
+    return tiles
+
+
+def stage1_features(
+    stage1: LowResStage1,
+    volume: torch.Tensor,
+    max_voxels: int = DEFAULT_MAX_VOXELS_STAGE1,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelFlag = None,
+) -> LowResFeatures:
+    """Stage 1 on a (1, 1, D, H, W) volume, in overlapping tiles aligned to multiples of 8 when
+    it has more than `max_voxels` voxels; each tile's central part is stitched into every level,
+    which equals the untiled pass up to float rounding. `stage1` must be in eval mode."""
+    spatial = tuple(volume.shape[2:])
+    tiles = plan_tiles([-(-n // 8) for n in spatial], max_voxels)
+    if len(tiles) == 1:
+        if _cancelled(cancel):
+            raise Cancelled("detection cancelled")
+        features = stage1(volume)
+        if progress is not None:
+            progress(1.0, "stage 1")
+        return features
+    stitched: dict[str, torch.Tensor] = {}
+    for number, (core, tile) in enumerate(tiles, 1):
+        if _cancelled(cancel):
+            raise Cancelled("detection cancelled")
+        part = stage1(volume[(..., *(slice(a * 8, b * 8) for a, b in zip(tile.start, tile.stop)))])
+        for name, factor in _LEVEL_FACTOR.items():
+            level = getattr(part, name)
+            if name not in stitched:
+                sizes = [-(-n * factor // 8) for n in spatial]
+                stitched[name] = level.new_empty((*level.shape[:2], *sizes))
+            target = stitched[name]
+            ends = [min(b * factor, n) for b, n in zip(core.stop, target.shape[2:])]
+            source = tuple(slice((c - t) * factor, e - t * factor) for c, t, e in zip(core.start, tile.start, ends))
+            target[(..., *(slice(c * factor, e) for c, e in zip(core.start, ends)))] = level[(..., *source)]
+        if progress is not None:
+            progress(number / len(tiles), f"stage 1 tile {number}/{len(tiles)}")
+    return LowResFeatures(volume, **stitched)
+
+
+def upsampled_logits(logits8: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """Stage-1 logits (1, 1, d, h, w) upsampled x8 trilinearly and cropped to `shape`, as float16,
+    computed in slabs along the first axis (each with one x8 row of context per side, which is
+    all a trilinear x8 sample uses, so the slabs equal the whole)."""
+    out = np.empty(tuple(shape), dtype=np.float16)
+    rows = logits8.shape[2]
+    for a in range(0, rows, _SLAB_CELLS):
+        b = min(a + _SLAB_CELLS, rows)
+        lo, hi = max(a - 1, 0), min(b + 1, rows)
+        up = F.interpolate(logits8[:, :, lo:hi], scale_factor=8, mode="trilinear", align_corners=False)
+        stop = min(b * 8, shape[0])
+        rows_up = up[0, 0, (a - lo) * 8 : (a - lo) * 8 + stop - a * 8, : shape[1], : shape[2]]
+        out[a * 8 : stop] = rows_up.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
+    return out
+
+
+def _to_image_box(box: Box, orientation: SliceOrientation, canonical_shape: Sequence[int]) -> Box:
+    """A canonical-order box in the image's array order (axes permuted, flipped ones mirrored)."""
+    start, stop = [0, 0, 0], [0, 0, 0]
+    for c, axis in enumerate(orientation.permutation):
+        a, b, n = box.start[c], box.stop[c], canonical_shape[c]
+        start[axis], stop[axis] = (n - b, n - a) if orientation.flip[c] else (a, b)
+    return Box(tuple(start), tuple(stop))
+
+
+def _object_mask(labels: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Voxels of the 26-connected components of `labels` (a box of the final map) that touch
+    `core` (the box's own stage-1 cells), so that a neighbour reaching into the margin is not
+    counted."""
+    if not labels.any():
+        return labels
+    components, _ = label_components(labels)
+    touching = np.unique(components[core & labels])
+    return np.isin(components, touching[touching > 0])
+
+
+def detect_image(
+    image: sitk.Image,
+    network: LowResNet,
+    preprocessing: DetectionPreprocessing,
+    threshold: float = 0.5,
+    margin: int = 1,
+    max_voxels_stage1: int = DEFAULT_MAX_VOXELS_STAGE1,
+    allow_non_ct: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelFlag = None,
+) -> DetectionResult:
+    """Detect and segment objects with a LowRes network; see the module docstring.
+
+    `threshold` (probability) is used both on the stage-1 logits and on the final map. The
+    detections are the stage-1 components whose box holds refined voxels touching the
+    component's own cells, in stage-1 label order (raster order of the canonical grid).
+    Finding nothing gives an empty labelmap and no detections.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise LiteSegError(f"threshold must be between 0 and 1, got {threshold}")
+    if int(margin) != margin or margin < 0:
+        raise LiteSegError(f"margin must be a non-negative whole number, got {margin}")
+    logit_threshold = math.log(threshold / (1.0 - threshold))
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    image = as_3d(image)
+    check_volume(image)
+    preprocessing.check(image, allow_non_ct)
+    orientation = slice_orientation(image)
+    volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
+    shape = volume.shape
+    padded = np.zeros(tuple(-(-n // 8) * 8 for n in shape), dtype=np.float32)
+    padded[: shape[0], : shape[1], : shape[2]] = preprocessing.normalize(volume)
+    times["preprocess"] = time.perf_counter() - started
+
+    def stage_progress(low: float, high: float) -> Optional[ProgressCallback]:
+        if progress is None:
+            return None
+        return lambda fraction, message: progress(low + (high - low) * fraction, message)
+
+    network.eval()
+    with torch.inference_mode():
+        started = time.perf_counter()
+        features = stage1_features(
+            network.stage1, torch.from_numpy(padded)[None, None], max_voxels_stage1, stage_progress(0.0, 0.6), cancel
+        )
+        mask8 = (features.logits8[0, 0] > logit_threshold).numpy()
+        labels8, _ = label_components(mask8)
+        components = component_boxes(mask8, margin)
+        logit_map = upsampled_logits(features.logits8, shape)
+        times["stage1"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        boxes = []
+        for number, component in enumerate(components, 1):
+            if _cancelled(cancel):
+                raise Cancelled("detection cancelled")
+            box8 = component.box
+            logits = network.stage2(features.crop(box8.start, box8.stop))[0, 0]
+            box = box8.scaled(8, shape)
+            inside = logits[tuple(slice(0, n) for n in box.shape)]
+            logit_map[box.slices()] = inside.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
+            boxes.append(box)
+            if progress is not None:
+                progress(0.6 + 0.4 * number / len(components), f"stage 2 box {number}/{len(components)}")
+        times["stage2"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    foreground = logit_map > np.float32(logit_threshold)
+    array_spacing = np.array(image.GetSpacing()[::-1])
+    voxel_ml = float(np.prod(array_spacing)) / 1000.0
+    detections = []
+    for component, box in zip(components, boxes):
+        own = labels8[component.box.slices()] == component.label
+        core = own.repeat(8, 0).repeat(8, 1).repeat(8, 2)[tuple(slice(0, n) for n in box.shape)]
+        mask = _object_mask(foreground[box.slices()], core)
+        if not mask.any():
+            continue
+        image_box = _to_image_box(box, orientation, shape)
+        image_mask = np.ascontiguousarray(orientation.from_canonical(mask))
+        centroid = np.asarray(image_box.start) + np.argwhere(image_mask).mean(axis=0)
+        centre = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid[::-1]])
+        peak = float(np.max(logit_map[box.slices()][mask]))
+        detections.append(
+            Detection(
+                index=len(detections) + 1,
+                box=image_box,
+                centre=tuple(float(v) for v in centre),  # type: ignore[arg-type]
+                size_mm=tuple(float(v) for v in np.asarray(image_box.shape) * array_spacing),  # type: ignore[arg-type]
+                volume_ml=int(np.count_nonzero(mask)) * voxel_ml,
+                max_probability=0.5 * (1.0 + math.tanh(peak / 2.0)),
+                mask=image_mask,
+            )
+        )
+    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground)).astype(np.uint8))
+    labelmap.CopyInformation(image)
+    times["postprocess"] = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0, f"{len(detections)} detection(s)")
+    return DetectionResult(labelmap, detections, times)
+
+
+def write_detections_csv(detections: Sequence[Detection], path: str | Path) -> Path:
+    """One row per detection (columns `DETECTION_CSV_COLUMNS`; an empty list writes the header)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DETECTION_CSV_COLUMNS)
+        for d in detections:
+            box = [v for pair in zip(d.box.start, d.box.stop) for v in pair]
+            writer.writerow(
+                [
+                    d.index,
+                    f"{d.max_probability:.6f}",
+                    f"{d.volume_ml:.6f}",
+                    *(f"{v:.3f}" for v in d.centre),
+                    *(f"{v:.3f}" for v in d.centre_ras[:2]),
+                    *box,
+                    *(f"{v:.3f}" for v in d.size_mm),
+                ]
+            )
+    return path

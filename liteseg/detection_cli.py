@@ -1,0 +1,116 @@
+"""`liteseg detect`: LowRes detection of one volume into a labelmap and a CSV of detections."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .detection import (
+    DEFAULT_MAX_VOXELS_STAGE1,
+    DetectionPreprocessing,
+    detect_image,
+    write_detections_csv,
+)
+from .errors import LiteSegError, WeightsError
+from .imageio import case_name, read_image, write_image
+from .modelcard import ModelCard, bundled_cards, find_card, load_network
+from .models.lowres import LowResNet
+
+LOWRES_NETWORK = "lowres"
+
+
+def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `liteseg detect INPUT OUTPUT`."""
+    parser.add_argument("input", type=Path, help="volume file (NIfTI, NRRD, MHA) or DICOM series folder")
+    parser.add_argument("output", type=Path, help="output labelmap file")
+    parser.add_argument(
+        "--model", default=None, help="LowRes model card .json or bundled model name (default: the bundled LowRes model)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold of stage 1 and of the final map (default: the card's, else 0.5)"
+    )
+    parser.add_argument("--margin", type=int, default=1, help="box margin in low-resolution (x8) voxels (default 1)")
+    parser.add_argument("--csv", type=Path, default=None, help="detections CSV (default: OUTPUT name + _detections.csv)")
+    parser.add_argument(
+        "--max-voxels-stage1",
+        type=int,
+        default=DEFAULT_MAX_VOXELS_STAGE1,
+        help=f"largest stage-1 tile in input voxels, bounds memory (default {DEFAULT_MAX_VOXELS_STAGE1})",
+    )
+    parser.add_argument("--allow-non-ct", action="store_true", help="skip the check that a HU-window model gets Hounsfield units")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def default_csv_path(output: Path) -> Path:
+    """`OUTPUT` without its image extension, plus `_detections.csv`, in the same folder."""
+    return output.with_name(f"{case_name(output)}_detections.csv")
+
+
+def find_lowres_card(model: str | Path | None) -> ModelCard:
+    """The card of `model` (name or .json path), or of the only bundled LowRes model."""
+    if model is None:
+        cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK]
+        if not cards:
+            raise WeightsError("no LowRes model is bundled yet: give a model card with --model CARD.json")
+        if len(cards) > 1:
+            raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)}): choose one with --model")
+        return cards[0]
+    card = find_card(model)
+    if card.network != LOWRES_NETWORK:
+        raise LiteSegError(f"model {card.name!r} is a {card.network!r} network; detection needs a {LOWRES_NETWORK!r} model")
+    return card
+
+
+def load_detector(card: ModelCard) -> tuple[LowResNet, DetectionPreprocessing]:
+    """The card's LowRes network (checksum verified, eval mode) and its detection preprocessing."""
+    try:
+        preprocessing = DetectionPreprocessing.from_dict(card.data["input"]["preprocessing"])
+    except (KeyError, TypeError) as error:
+        raise WeightsError(f"model card {card.path} has no usable input preprocessing: {error}") from None
+    return load_network(card), preprocessing  # type: ignore[return-value]
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    """Detect objects in `args.input`; write the labelmap and the detections CSV."""
+    csv_path = args.csv or default_csv_path(args.output)
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        raise LiteSegError("output path is the input path: refusing to overwrite the input")
+    for path in (args.output, csv_path):
+        if path.exists() and not args.overwrite:
+            raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    card = find_lowres_card(args.model)
+    network, preprocessing = load_detector(card)
+    threshold = args.threshold if args.threshold is not None else float(card.data["output"].get("threshold", 0.5))
+    started = time.perf_counter()
+    image = read_image(args.input)
+    seconds = {"read": time.perf_counter() - started}
+    from .cli import _ProgressBar
+
+    bar = _ProgressBar("detecting")
+    try:
+        result = detect_image(
+            image,
+            network,
+            preprocessing,
+            threshold=threshold,
+            margin=args.margin,
+            max_voxels_stage1=args.max_voxels_stage1,
+            allow_non_ct=args.allow_non_ct,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    seconds.update(result.seconds)
+    started = time.perf_counter()
+    write_image(result.labelmap, args.output, overwrite=args.overwrite)
+    write_detections_csv(result.detections, csv_path)
+    seconds["write"] = time.perf_counter() - started
+    print(f"model: {card.name} {card.version}")
+    for d in result.detections:
+        r, a, s = d.centre_ras
+        print(f"  {d.index}: probability {d.max_probability:.3f}, {d.volume_ml:.3f} ml, centre RAS ({r:.1f}, {a:.1f}, {s:.1f}) mm")
+    print(f"wrote {args.output}: {len(result.detections)} detection(s)")
+    print(f"wrote {csv_path}")
+    print(f"time {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + ")")
+    return 0
