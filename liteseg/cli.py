@@ -18,7 +18,7 @@ def _format_seconds(seconds: dict[str, float]) -> str:
     return ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
 
 
-class _ProgressBar:
+class ProgressBar:
     """A progress callback drawing a tqdm percentage bar, created at the first report so that
     an error found before any progress prints no bar."""
 
@@ -71,7 +71,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if args.input.is_dir() and not _looks_like_dicom(args.input):
         raise LiteSegError(f"{args.input} is a folder without a DICOM series; use --folder to segment every volume in it")
-    bar = _ProgressBar("segmenting")
+    bar = ProgressBar("segmenting")
     try:
         result = segment_file(args.input, args.output, args.model, args.overwrite, progress=bar, **options)
     finally:
@@ -102,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    bar = _ProgressBar("segmenting sample CT")
+    bar = ProgressBar("segmenting sample CT")
     try:
         result = run_demo(args.output_dir, args.model, progress=bar)
     finally:
@@ -119,6 +119,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run
 
     return run(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import run_bench
+
+    run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,12 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     configure_parser(train)
     train.set_defaults(run=cmd_train)
 
+    detect = commands.add_parser("detect", help="LowRes two-stage detection: labelmap plus a CSV of detected objects")
+    from .detection_cli import configure_detect_parser, run_detect
+
+    configure_detect_parser(detect)
+    detect.set_defaults(run=run_detect)
+
     evaluate = commands.add_parser("evaluate", help="per-case Dice and 95%% Hausdorff distance, printed and as CSV")
     evaluate.add_argument("prediction", type=Path, help="predicted labelmap file or folder")
     evaluate.add_argument("reference", type=Path, help="reference labelmap file or folder (matched by file name)")
     evaluate.add_argument("--label-values", type=int, nargs="+", default=None, help="reference values counted as foreground (default: nonzero)")
     evaluate.add_argument("--csv", type=Path, default=None, help="write the per-case metrics to this CSV")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    bench = commands.add_parser("bench", help="CPU timing of the networks (MoNet paper Table 2) and of the whole job")
+    bench.add_argument("--networks", nargs="+", default=["unet64", "unet16", "attention_unet", "monet"])
+    bench.add_argument("--slices", type=int, default=150, help="slices of 256x256 per timed run (default 150)")
+    bench.add_argument("--batch-size", type=int, default=30, help="slices per forward pass (default 30)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (default 3)")
+    bench.add_argument("--no-end-to-end", action="store_true", help="skip the 512x512x150 CT job")
+    bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", help="segment the sample CT with the bundled weights, print Dice and time")
     demo.add_argument("--output-dir", type=Path, default=Path("liteseg-demo"))

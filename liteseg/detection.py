@@ -20,6 +20,7 @@ slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from .imageio import as_3d, check_ct_intensities, check_volume
 from .inference import CancelFlag, ProgressCallback, _cancelled
 from .models.lowres import LowResFeatures, LowResNet, LowResStage1
 
-DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: about 1 GB of activations
+DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: ~1.3 GB of activations (~40 B/voxel)
 
 # Stage-1 context in x8 voxels. A logit of x8 cell i depends on input voxels 8i-68 .. 8i+75
 # (4 convolutions at 1/2, 5 at 1/4 and 5 at 1/8 resolution, plus the pooling windows), so a
@@ -121,9 +122,10 @@ class Detection:
     """One detected object, in the image's own array index order (k, j, i) = (z, y, x).
 
     `box` is the region stage 2 refined (the stage-1 component's box grown by the margin and
-    clipped to the image, in full-resolution voxels), `mask` the object's voxels inside it,
-    `size_mm` the box's extent along the array axes (k, j, i), `centre` the centroid of the
-    object's voxels in physical LPS mm.
+    clipped to the image, in full-resolution voxels), `mask` the object's voxels inside it (the
+    final map's components in the box that touch the component's own stage-1 cells), `size_mm`
+    the box's extent along the array axes (k, j, i), `centre` the centroid of the object's
+    voxels in physical LPS mm, `max_probability` the final map's highest probability over them.
     """
 
     index: int
@@ -132,7 +134,7 @@ class Detection:
     size_mm: tuple[float, float, float]
     volume_ml: float
     max_probability: float
-    mask: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False, compare=False)
 
     @property
     def centre_ras(self) -> tuple[float, float, float]:
@@ -143,39 +145,46 @@ class Detection:
 
 @dataclass
 class DetectionResult:
-    """A uint8 labelmap on exactly the input grid, the detections and seconds per stage."""
+    """A uint8 0/1 labelmap on exactly the input grid, the detections and seconds per stage."""
 
     labelmap: sitk.Image
     detections: list[Detection]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _axis_tiles(n: int, core: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """(core start, core stop, tile start, tile stop) along one axis of `n` cells."""
+    return [(a, min(a + core, n), max(a - halo, 0), min(a + core + halo, n)) for a in range(0, n, core)]
+
+
 def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO) -> list[tuple[Box, Box]]:
-    """(core, tile) boxes in x8 voxels covering `grid`: the cores partition it, each tile is
-    its core grown by `halo` and clipped. Cores are halved, the axis with the largest tile
-    first, until a tile holds at most `max_voxels` input voxels (512 per x8 voxel) or every
-    core is one cell wide."""
+    """(core, tile) boxes in x8 voxels covering `grid`: the cores partition it and each tile is
+    its core grown by `halo`, clipped to the grid.
+
+    Among the per-axis core sizes, the plan computes the fewest cells in all whose largest tile
+    holds at most `max_voxels` input voxels (512 per cell), then has the fewest tiles. Raises
+    LiteSegError when even one-cell cores (tiles of 2 * halo + 1 cells) do not fit.
+    """
     if max_voxels < 1:
         raise LiteSegError(f"max_voxels_stage1 must be positive, got {max_voxels}")
-    grid = tuple(int(n) for n in grid)
-    core = list(grid)
-
-    def extents() -> list[int]:
-        return [min(c + 2 * halo, n) for c, n in zip(core, grid)]
-
-    while math.prod(extents()) * 512 > max_voxels:
-        splittable = [a for a in range(len(grid)) if core[a] > 1]
-        if not splittable:
-            break
-        axis = max(splittable, key=lambda a: extents()[a])
-        core[axis] = -(-core[axis] // 2)
-    tiles = []
-    for start in np.ndindex(*(-(-n // c) for n, c in zip(grid, core))):
-        lo = tuple(s * c for s, c in zip(start, core))
-        hi = tuple(min(a + c, n) for a, c, n in zip(lo, core, grid))
-        tile = Box(tuple(max(a - halo, 0) for a in lo), tuple(min(b + halo, n) for b, n in zip(hi, grid)))
-        tiles.append((Box(lo, hi), tile))
-    return tiles
+    options = []
+    for n in (int(n) for n in grid):
+        layouts = [_axis_tiles(n, core, halo) for core in sorted({-(-n // k) for k in range(1, n + 1)})]
+        options.append([(max(t[3] - t[2] for t in lay), sum(t[3] - t[2] for t in lay), lay) for lay in layouts])
+    best_key, best = None, None
+    for choice in itertools.product(*options):
+        if math.prod(option[0] for option in choice) * 512 > max_voxels:
+            continue
+        key = (math.prod(option[1] for option in choice), math.prod(len(option[2]) for option in choice))
+        if best_key is None or key < best_key:
+            best_key, best = key, [option[2] for option in choice]
+    if best is None:
+        smallest = math.prod(min(option[0] for option in axis) for axis in options) * 512
+        raise LiteSegError(f"max_voxels_stage1 {max_voxels} is below the smallest stage-1 tile of this volume ({smallest} voxels)")
+    return [
+        (Box(tuple(t[0] for t in axes), tuple(t[1] for t in axes)), Box(tuple(t[2] for t in axes), tuple(t[3] for t in axes)))
+        for axes in itertools.product(*best)  # type: ignore[arg-type]
+    ]
 
 
 def stage1_features(
@@ -346,7 +355,7 @@ def detect_image(
                 mask=image_mask,
             )
         )
-    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground)).astype(np.uint8))
+    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground), dtype=np.uint8))
     labelmap.CopyInformation(image)
     times["postprocess"] = time.perf_counter() - started
     if progress is not None:

@@ -85,9 +85,9 @@ def run_detect(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     image = read_image(args.input)
     seconds = {"read": time.perf_counter() - started}
-    from .cli import _ProgressBar
+    from .cli import ProgressBar
 
-    bar = _ProgressBar("detecting")
+    bar = ProgressBar("detecting")
     try:
         result = detect_image(
             image,
