@@ -37,7 +37,7 @@ def importEngine():
 
 
 importEngine()
-from liteseg.modelcard import DEFAULT_MODEL, bundled_cards  # noqa: E402  (torch-free)
+from liteseg.modelcard import DEFAULT_MODEL, PANCREAS_LABEL, bundled_cards  # noqa: E402,F401  (torch-free)
 
 
 @dataclass(frozen=True)

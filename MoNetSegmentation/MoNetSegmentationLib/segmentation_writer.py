@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from .engine import PANCREAS_LABEL as PANCREAS
 from .volume_bridge import ijkToRas, nodeLabel
 
 BINARY_LABELMAP = "Binary labelmap"
@@ -23,14 +24,6 @@ BINARY_LABELMAP = "Binary labelmap"
 # (SCT 15776009, in category SCT 123037004 Anatomical Structure) with its display colour.
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
-
-PANCREAS = {
-    "value": 1,
-    "name": "Pancreas",
-    "color": [249, 180, 111],
-    "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
-    "type": {"scheme": "SCT", "code": "15776009", "meaning": "Pancreas"},
-}
 
 
 def terminologyEntry(label: dict) -> str:
