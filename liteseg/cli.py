@@ -115,10 +115,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training.cli import run
+TRAIN_METHODS = ("monet", "lowres")
 
-    return run(args)
+
+def train_parser(method: str) -> argparse.ArgumentParser:
+    """The options of `liteseg train --method METHOD` (each method has its own)."""
+    parser = argparse.ArgumentParser(prog=f"liteseg train --method {method}")
+    if method == "lowres":
+        from .training.lowres_trainer import configure_lowres_parser, run_lowres
+
+        configure_lowres_parser(parser)
+        parser.set_defaults(run=run_lowres)
+    else:
+        from .training.cli import configure_parser, run
+
+        configure_parser(parser)
+        parser.set_defaults(run=run)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    method_args = train_parser(args.method).parse_args(args.rest)
+    return method_args.run(method_args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -149,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.set_defaults(run=cmd_segment)
 
-    train = commands.add_parser("train", help="train a network headless and write weights with a model card")
-    from .training.cli import configure_parser
-
-    configure_parser(train)
+    train = commands.add_parser(
+        "train", add_help=False, help="train a network headless and write weights with a model card "
+        "(--method monet, the default, or lowres; `liteseg train --method M --help` lists the options)"
+    )
+    train.add_argument("--method", choices=TRAIN_METHODS, default="monet")
     train.set_defaults(run=cmd_train)
 
     detect = commands.add_parser("detect", help="LowRes two-stage detection: labelmap plus a CSV of detected objects")
@@ -184,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -77,3 +77,17 @@ def test_evaluate_prints_and_writes_csv(tmp_path, capsys):
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "case,dice,hd95_mm,pred_voxels,ref_voxels"
     assert lines[1].split(",")[1:] == ["1.000000", "0.000000", "818", "818"] or float(lines[1].split(",")[1]) == 1.0
+
+
+@pytest.mark.parametrize("method, option", [("monet", "--passes-per-epoch"), ("lowres", "--stage1-epochs")])
+def test_train_methods_have_their_own_options(capsys, method, option):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--method", method, "--help"])
+    assert exit_.value.code == 0
+    assert option in capsys.readouterr().out
+
+
+def test_train_reports_bad_data_as_a_one_line_error(tmp_path, capsys):
+    code = main(["train", "--method", "lowres", "--image", str(tmp_path / "no.nii.gz"), "--label", str(tmp_path / "x.nii.gz"), "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "training file not found" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+"""Access to the sibling module's Qt-free library (`MoNetSegmentationLib`) and to the engine.
+
+Where `MoNetSegmentationLib` is found:
+
+- installed extension: both modules are installed side by side in the scripted-modules folder,
+  which is on `sys.path` in Slicer, so `import MoNetSegmentationLib` just works;
+- checkout: Slicer puts each module folder added to its module paths on `sys.path`; when only
+  `<checkout>/LowResDetect` was added, the sibling `<checkout>/MoNetSegmentation` is put on
+  `sys.path` here. `MoNetSegmentationLib.engine.importEngine` then finds `liteseg` in the same way.
+
+Listing the LowRes model cards needs no torch (`liteseg.modelcard` is torch-free).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SIBLING_MODULE = Path(__file__).resolve().parents[2] / "MoNetSegmentation"  # <root>/LowResDetect/LowResDetectLib/shared.py
+
+
+def importMoNetLib():
+    """The `MoNetSegmentationLib` package; adds the sibling module folder to `sys.path` if needed."""
+    try:
+        import MoNetSegmentationLib
+    except ImportError:
+        if not (SIBLING_MODULE / "MoNetSegmentationLib" / "__init__.py").is_file():
+            raise ImportError(
+                "LowResDetect needs the MoNetSegmentation module of the LiteSeg extension (its library "
+                f"'MoNetSegmentationLib'), installed with the extension or in the checkout ({SIBLING_MODULE})."
+            ) from None
+        sys.path.insert(0, str(SIBLING_MODULE))
+        import MoNetSegmentationLib
+    return MoNetSegmentationLib
+
+
+importMoNetLib()
+from MoNetSegmentationLib.engine import ModelInfo, importEngine  # noqa: E402
+
+importEngine()
+from liteseg.modelcard import bundled_cards  # noqa: E402  (torch-free)
+
+LOWRES_NETWORK = "lowres"  # liteseg.detection_cli.LOWRES_NETWORK, which imports torch
+
+
+def availableDetectorModels() -> list[ModelInfo]:
+    """Bundled LowRes models (model cards whose network is 'lowres'), sorted by name; no torch.
+
+    No LowRes weights are bundled yet: the list is then empty and a model card path is needed.
+    """
+    return [
+        ModelInfo(card.name, card.version, card.path, str(card.data.get("description") or card.data.get("notes") or ""))
+        for card in bundled_cards()
+        if card.network == LOWRES_NETWORK
+    ]
