@@ -24,7 +24,7 @@ from liteseg.training import (
     train,
 )
 from liteseg.training.augment import random_affine
-from liteseg.training.cli import _cases, configure_parser
+from liteseg.training.cli import cases_from_args, configure_parser
 from liteseg.training.datasets import load_slices, merge_labels
 from liteseg.training.losses import dice_loss
 
@@ -99,7 +99,7 @@ def test_decathlon_folder_and_pairs_csv(tmp_path):
     configure_parser(args)
     parsed = args.parse_args([str(csv), "--output", str(tmp_path / "out"), "--max-cases", "1"])
     assert parsed.label_values == [1, 2] and parsed.epochs == 50 and parsed.batch_size == 8
-    assert [c.patient for c in _cases(parsed)] == ["P1"]
+    assert [c.patient for c in cases_from_args(parsed)] == ["P1"]
     (csv.parent / "missing.csv").write_text("image,label\nnowhere.nii.gz,nowhere_seg.nii.gz\n")
     with pytest.raises(LiteSegError, match="training file not found"):
         cases_from_pairs_csv(csv.parent / "missing.csv")

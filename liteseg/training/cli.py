@@ -57,7 +57,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notes", default="", help="free text stored in the model card")
 
 
-def _cases(args: argparse.Namespace) -> list[Case]:
+def cases_from_args(args: argparse.Namespace) -> list[Case]:
     if args.dataset is not None and (args.image or args.label):
         raise LiteSegError("give either a DATASET or --image with --label, not both")
     if args.dataset is not None:
@@ -76,7 +76,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def _command() -> str:
+def recorded_command() -> str:
     """The command line as typed, from the `train` subcommand on."""
     argv = sys.argv[1:]
     return "liteseg train " + shlex.join(argv[argv.index("train") + 1 :] if "train" in argv else argv)
@@ -84,7 +84,7 @@ def _command() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; print the model card's path and the validation Dice."""
-    cases = _cases(args)
+    cases = cases_from_args(args)
     val_fraction = args.val_fraction if args.val_fraction is not None else (0.0 if args.dataset is None else 0.3)
     config = TrainConfig(
         output=args.output,
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         notes=args.notes,
     )
-    card_path = train(config, cases, _command(), progress_bar=True, resume=args.resume)
+    card_path = train(config, cases, recorded_command(), progress_bar=True, resume=args.resume)
     card = ModelCard.read(card_path)
     validation = card.data["validation"]
     where = "on the training cases" if validation["on_training_cases"] else f"on {len(validation['cases'])} held-out cases"

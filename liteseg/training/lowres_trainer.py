@@ -49,7 +49,7 @@ from ..models.lowres import LowResNet
 from .datasets import Case, merge_labels, split_by_patient
 from .losses import dice_loss
 from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, sample_batch
-from .trainer import CHECKPOINT_NAME, _bar, _rng_state, _save_atomic, resolve_device
+from .trainer import CHECKPOINT_NAME, epoch_bar, resolve_device, restore_rng_state, rng_state, save_atomic
 
 CURVE_NAME = "training_curve.png"
 THRESHOLD = 0.5
@@ -301,7 +301,7 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
             group["lr"] = lr
         batch_size = config.batch_size if stage == 1 else (config.stage2_batch_size or config.batch_size)
         set_stage(network, stage)
-        bar = _bar(config.iterations_per_epoch, f"stage {stage} epoch {epoch}/{config.epochs}", progress_bar)
+        bar = epoch_bar(config.iterations_per_epoch, f"stage {stage} epoch {epoch}/{config.epochs}", progress_bar)
         total = 0.0
         for iteration in range(1, config.iterations_per_epoch + 1):
             images, labels, _ = sample_batch(volumes, batch_size, config.patch_size, generator, config.lesion_probability)
@@ -317,8 +317,8 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
             bar.set_postfix(loss=f"{train_loss:.4f}", object_dice=_fmt(summary["object_dice"]),
                             recall=_fmt(summary["average_recall"]))
             bar.close()
-        _save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
-        _save_atomic(
+        save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+        save_atomic(
             {
                 "config": config.to_dict(),
                 "train_cases": [c.describe() for c in train_cases],
@@ -329,14 +329,14 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
                 "stage2": network.stage2.state_dict(),
                 "optimizer1": optimizers[1].state_dict(),
                 "optimizer2": optimizers[2].state_dict(),
-                "rng": _rng_state(generator, device),
+                "rng": rng_state(generator, device),
             },
             checkpoint,
         )
         plot_lowres_curve(history, output / CURVE_NAME, config.stage1_epochs)
 
     if not weights.is_file():
-        _save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+        save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     summary, results = evaluate_detection(_cpu_network(network, device), val_cases, config)
     return write_card(card, _card(config, weights, history, train_cases, val_cases, summary, results, device, command))
@@ -371,10 +371,7 @@ def _restore(path: Path, config: LowResTrainConfig, train_cases: Sequence[Case],
     network.stage2.load_state_dict(state["stage2"])
     optimizers[1].load_state_dict(state["optimizer1"])
     optimizers[2].load_state_dict(state["optimizer2"])
-    generator.set_state(state["rng"]["generator"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    restore_rng_state(state["rng"], generator)
     return history
 
 
@@ -544,11 +541,11 @@ def lowres_config(args: argparse.Namespace, val_fraction: float) -> LowResTrainC
 def run_lowres(args: argparse.Namespace) -> int:
     """Train as the options say; print the model card's path and the validation figures."""
     from ..modelcard import ModelCard
-    from .cli import _cases, _command
+    from .cli import cases_from_args, recorded_command
 
-    cases = _cases(args)
+    cases = cases_from_args(args)
     val_fraction = args.val_fraction if args.val_fraction is not None else (0.0 if args.dataset is None else 0.3)
-    card_path = train_lowres(lowres_config(args, val_fraction), cases, _command(), progress_bar=True, resume=args.resume)
+    card_path = train_lowres(lowres_config(args, val_fraction), cases, recorded_command(), progress_bar=True, resume=args.resume)
     card = ModelCard.read(card_path)
     validation = card.data["validation"]
     where = "on the training cases" if validation["on_training_cases"] else f"on {len(validation['cases'])} held-out cases"

@@ -174,7 +174,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
         indices = torch.cat(
             [select_slices(train_slices, config.empty_slice_ratio, generator) for _ in range(config.passes_per_epoch)]
         )
-        bar = _bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", progress_bar)
+        bar = epoch_bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", progress_bar)
         train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device, bar)
         val_loss = _validation_loss(network, val_slices, val_indices, config.batch_size, device)
         val_dice = float(np.mean([r["dice"] for r in _evaluate(network, val_cases, config, device, with_hd95=False)]))
@@ -187,8 +187,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
             bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}")
             bar.close()
         if best_epoch(history) == epoch:
-            _save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
-        _save_atomic(
+            save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+        save_atomic(
             {
                 "config": config.to_dict(),
                 "train_cases": [c.describe() for c in train_cases],
@@ -198,7 +198,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
                 "model": network.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(generator, device),
+                "rng": rng_state(generator, device),
             },
             checkpoint,
         )
@@ -246,7 +246,7 @@ def plot_curve(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def _bar(total: int, description: str, enabled: bool):
+def epoch_bar(total: int, description: str, enabled: bool):
     """A tqdm bar of `total` batches, or None without progress display."""
     if not enabled:
         return None
@@ -324,14 +324,22 @@ def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, de
     return results
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
     state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _save_atomic(obj: object, path: Path) -> None:
+def restore_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Put back the random states saved by `rng_state`."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: object, path: Path) -> None:
     """torch.save to a temporary file renamed over `path`, so an interruption never leaves half a file."""
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
@@ -367,10 +375,7 @@ def _restore(
     network.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["rng"]["generator"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    restore_rng_state(state["rng"], generator)
     return state["history"]
 
 
