@@ -167,7 +167,7 @@ def run_bench(
         ct_path = make_abdominal_ct(Path(folder) / "ct_512x512x150.nii.gz")
         seconds, peak_mb = bench_end_to_end(ct_path, threads)
     stages = ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
-    print_(f"\nSegment pancreas, 512x512x150 CT (sample CT resampled), bundled MoNet, all slices:")
+    print_("\nSegment pancreas, 512x512x150 CT (sample CT resampled), bundled MoNet, all slices:")
     print_(f"  total {sum(seconds.values()):.2f} s ({stages}); peak RSS {peak_mb:.0f} MB")
 
 

@@ -13,12 +13,8 @@ from .datasets import Case, case_from_pair, cases_from_decathlon, cases_from_pai
 from .trainer import LABEL_PRESETS, TrainConfig, train
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the options of `liteseg train` to `parser`."""
-    parser.description = (
-        "Train a slice-by-slice network (MoNet, the paper's recipe) on labelled CT volumes and write "
-        "its weights, model card, training curve and a resumable checkpoint into --output."
-    )
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The training data and output folder options shared by every training method."""
     data = parser.add_argument_group("training data (a DATASET or --image with --label)")
     data.add_argument("dataset", nargs="?", type=Path, metavar="DATASET",
                       help="a Medical Segmentation Decathlon folder (dataset.json) or a .csv with columns "
@@ -28,6 +24,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR",
                         help="folder for <name>.pt, <name>.json, checkpoint.pt and training_curve.png")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `liteseg train` to `parser`."""
+    parser.description = (
+        "Train a slice-by-slice network (MoNet, the paper's recipe) on labelled CT volumes and write "
+        "its weights, model card, training curve and a resumable checkpoint into --output."
+    )
+    add_data_options(parser)
     parser.add_argument("--name", default="monet-pancreas-ct", help="model name (file names of weights and card)")
     parser.add_argument("--version", default="1.0.0", help="model version recorded in the card")
     parser.add_argument("--epochs", type=int, default=50, help="number of epochs (default 50)")

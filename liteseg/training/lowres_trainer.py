@@ -36,7 +36,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import __version__
 from ..detection import DetectionPreprocessing, detect_image
@@ -49,7 +48,7 @@ from ..models.lowres import LowResNet
 from .datasets import Case, merge_labels, split_by_patient
 from .losses import dice_loss
 from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, sample_batch
-from .trainer import CHECKPOINT_NAME, epoch_bar, resolve_device, restore_rng_state, rng_state, save_atomic
+from .trainer import epoch_bar, output_files, resolve_device, restore_rng_state, rng_state, save_atomic
 
 CURVE_NAME = "training_curve.png"
 THRESHOLD = 0.5
@@ -272,12 +271,7 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
     cases. Returns the model card's path."""
     config.check()
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    checkpoint, weights, card = output / CHECKPOINT_NAME, output / f"{config.name}.pt", output / f"{config.name}.json"
-    if not resume:
-        existing = [p.name for p in (checkpoint, weights, card) if p.exists()]
-        if existing:
-            raise LiteSegError(f"{output} already holds {', '.join(existing)}: use --resume to continue it, or another output folder")
+    checkpoint, weights, card = output_files(output, config.name, resume)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -471,19 +465,13 @@ def _card(config: LowResTrainConfig, weights: Path, history: Sequence[dict], tra
 
 def configure_lowres_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `liteseg train --method lowres` (the data options are those of the MoNet trainer)."""
+    from .cli import add_data_options
+
     parser.description = (
         "Train the two-stage LowRes detector (the paper's recipe) on labelled volumes and write its "
         "weights, model card, training curve and a resumable checkpoint into --output."
     )
-    data = parser.add_argument_group("training data (a DATASET or --image with --label)")
-    data.add_argument("dataset", nargs="?", type=Path, metavar="DATASET",
-                      help="a Medical Segmentation Decathlon folder (dataset.json) or a .csv with columns "
-                      "image,label[,patient] (paths relative to the CSV)")
-    data.add_argument("--image", type=Path, help="a single training image (with --label)")
-    data.add_argument("--label", type=Path, help="the label volume of --image, on the same grid")
-    data.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases")
-    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
-                        help="folder for <name>.pt, <name>.json, checkpoint.pt and training_curve.png")
+    add_data_options(parser)
     parser.add_argument("--name", default="lowres-lesion", help="model name (file names of weights and card)")
     parser.add_argument("--version", default="1.0.0", help="model version recorded in the card")
     parser.add_argument("--stage1-epochs", type=int, default=100, metavar="N", help="stage-1 epochs (default 100)")

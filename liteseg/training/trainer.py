@@ -111,6 +111,17 @@ class TrainConfig:
         return json.loads(json.dumps({**asdict(self), "output": str(self.output)}))
 
 
+def output_files(output: Path, name: str, resume: bool) -> tuple[Path, Path, Path]:
+    """(checkpoint, weights, card) paths in `output`, created if needed; without `resume`, a
+    folder already holding any of them is refused (nothing of an earlier run is overwritten)."""
+    output.mkdir(parents=True, exist_ok=True)
+    files = output / CHECKPOINT_NAME, output / f"{name}.pt", output / f"{name}.json"
+    existing = [p.name for p in files if p.exists()]
+    if existing and not resume:
+        raise LiteSegError(f"{output} already holds {', '.join(existing)}: use --resume to continue it, or another output folder")
+    return files
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" is CUDA when available, else CPU."""
     if device == "auto":
@@ -141,12 +152,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
     """
     config.check()
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    checkpoint, weights, card = output / CHECKPOINT_NAME, output / f"{config.name}.pt", output / f"{config.name}.json"
-    if not resume:
-        existing = [p.name for p in (checkpoint, weights, card) if p.exists()]
-        if existing:
-            raise LiteSegError(f"{output} already holds {', '.join(existing)}: use --resume to continue it, or another output folder")
+    checkpoint, weights, card = output_files(output, config.name, resume)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)

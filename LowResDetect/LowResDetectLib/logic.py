@@ -1,0 +1,312 @@
+"""The module's logic without Qt: detect objects in a volume node with a LowRes model.
+
+`DetectionLogic.process` is the scripting and batch API (blocking); the module widget calls it
+with a progress callback and a cancel flag. In Slicer, `LowResDetect.LowResDetectLogic` is this
+class with Slicer's `ScriptedLoadableModuleLogic` (parameter node) mixed in:
+
+    import LowResDetect
+    logic = LowResDetect.LowResDetectLogic()
+    segmentation, table, rois = logic.process(slicer.util.getNode("CT"), model="/path/lowres-card.json")
+    print(logic.lastStatus, logic.lastTimings)
+    for row in LowResDetect.tableRows(table):    # or slicer.util.dataframeFromTable(table)
+        print(row)
+    logic.jumpToDetection(table, 0)               # centre the slice views on the first object
+
+No LowRes weights are bundled yet: `model` must be a LowRes model card (.json path) until they
+are (`model=None` then raises a ValueError saying so).
+
+Nothing here imports torch, SimpleITK or the engine's detection before `process` (or
+`loadDetector`) runs, so the module loads in a Slicer without torch and asks to install it first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional, Union
+
+from .shared import availableDetectorModels, importMoNetLib
+
+importMoNetLib()
+from MoNetSegmentationLib.engine import ModelInfo  # noqa: E402
+from MoNetSegmentationLib.logic import Cancelled, _engineMessage, _isCancelled  # noqa: E402
+from liteseg.errors import LiteSegError  # noqa: E402  (torch-free)
+
+ProgressCallback = Callable[[float, str], None]
+CancelFlag = Union[threading.Event, Callable[[], bool], None]
+
+__all__ = ["DetectionLogic", "DetectionOutputs", "Cancelled"]
+
+# The engine's messages name its command-line options; say what to do from Python instead.
+_CLI_HINTS = {
+    "with --model CARD.json": "with model='CARD.json' (a LowRes model card path)",
+    ": choose one with --model": ": choose one with model=NAME",
+    "(use --allow-non-ct to override)": "(pass allowNonCT=True to process() to override)",
+}
+
+
+def _message(error: Exception) -> str:
+    message = _engineMessage(error)
+    for cli, python in _CLI_HINTS.items():
+        message = message.replace(cli, python)
+    return message
+
+
+class DetectionOutputs(NamedTuple):
+    """What `process` returns: unpack as `segmentation, table, rois = logic.process(...)`."""
+
+    segmentationNode: object  # vtkMRMLSegmentationNode, one segment "Lesion <n>" per object
+    tableNode: object  # vtkMRMLTableNode, one row per object (outputs.TABLE_COLUMNS)
+    roiNodes: list  # vtkMRMLMarkupsROINode "Lesion <n>" per object, the refined boxes
+
+
+class DetectionLogic:
+    """Detects objects in a scalar volume node with a LiteSeg LowRes model.
+
+    `detectorLoader(model) -> (network, preprocessing, card)` defaults to the engine's
+    `find_lowres_card` + `load_detector` (bundled model name or model card path, weights checked
+    against the card's sha256); loaded models are kept for the next run.
+    """
+
+    def __init__(self, detectorLoader: Optional[Callable] = None) -> None:
+        self._detectorLoader = detectorLoader
+        self._detectors: dict[str, tuple] = {}
+        self.lastTimings: dict[str, float] = {}
+        self.lastDetections: list = []  # the engine's Detection objects of the last run
+        self.lastStatus: str = ""
+        self.lastModel = None  # the card of the last run
+
+    # ------------------------------------------------------------------ models
+    def availableModels(self) -> list[ModelInfo]:
+        """Bundled LowRes models (name, version, card path); empty until LowRes weights are bundled."""
+        return availableDetectorModels()
+
+    def loadDetector(self, model: Union[str, Path, None] = None) -> tuple:
+        """(network, preprocessing, card) of a bundled LowRes model name or a LowRes model card
+        path; None: the only bundled LowRes model. ValueError when it cannot be loaded."""
+        key = "" if model is None else str(model)
+        if key not in self._detectors:
+            try:
+                if self._detectorLoader is not None:
+                    self._detectors[key] = self._detectorLoader(model)
+                else:
+                    from liteseg.detection_cli import find_lowres_card, load_detector
+
+                    card = find_lowres_card(model)
+                    network, preprocessing = load_detector(card)
+                    self._detectors[key] = (network, preprocessing, card)
+            except LiteSegError as error:
+                raise ValueError(f"cannot load detection model {key or '(bundled)'!r}: {_message(error)}") from error
+        return self._detectors[key]
+
+    # ------------------------------------------------------------------ processing
+    def process(
+        self,
+        inputVolume,
+        outputSegmentation=None,
+        model: Union[str, Path, None] = None,
+        threshold: Optional[float] = None,
+        margin: int = 1,
+        progress: Optional[ProgressCallback] = None,
+        cancel: CancelFlag = None,
+        outputTable=None,
+        allowNonCT: bool = False,
+        applyParentTransform: bool = False,
+        maxVoxelsStage1: Optional[int] = None,
+    ) -> DetectionOutputs:
+        """Detect objects in `inputVolume` (blocking); returns (segmentation, table, ROIs).
+
+        :param inputVolume: vtkMRMLScalarVolumeNode in any orientation (oblique and left-handed
+            grids included), e.g. a CT in Hounsfield units for a HU-window model.
+        :param outputSegmentation: vtkMRMLSegmentationNode to write into; None creates one named
+            "<volume> detections". Segments of a previous run ("Lesion <n>") are replaced, the
+            user's other segments kept. A new or empty segmentation gets the volume as reference
+            geometry and is put under the volume's study in the subject hierarchy.
+        :param model: LowRes model card path (.json) or bundled LowRes model name; None: the only
+            bundled LowRes model (none is bundled yet: give a card path).
+        :param threshold: probability threshold in (0, 1) of stage 1 and of the final map; None
+            uses the model card's (else 0.5).
+        :param margin: box margin in low-resolution (x8) voxels, a whole number >= 0.
+        :param progress: called as progress(fraction in [0, 1], message) during the run.
+        :param cancel: threading.Event or callable returning True to stop; raises `Cancelled`
+            and leaves the scene unchanged.
+        :param outputTable: vtkMRMLTableNode to fill (its content and the ROIs it made before are
+            replaced); None creates "<volume> detections table".
+        :param allowNonCT: run a HU-window model on a volume that does not look like a CT.
+        :param applyParentTransform: a volume under a linear transform is refused unless this is
+            True; it is then processed as shown (the volume is not modified), a new segmentation
+            and the ROIs are put under the same transform, and the table's centres are in world
+            coordinates.
+        :param maxVoxelsStage1: largest stage-1 tile in input voxels (bounds memory); None: the
+            engine's default.
+        :raises ValueError: no input, not a scalar volume, transformed volume, not a CT for a CT
+            model, no or bad model, bad threshold or margin, output under another transform, ...
+        :raises Cancelled: when `cancel` was set.
+        :return: DetectionOutputs(segmentationNode, tableNode, roiNodes). Finding no object is not
+            an error: the segmentation has no lesion segment, the table no row, there is no ROI,
+            and `lastStatus` says so.
+        """
+        started = time.perf_counter()
+        report = progress or (lambda fraction, message: None)
+        from MoNetSegmentationLib import volume_bridge
+
+        from . import outputs
+
+        volume_bridge.checkScalarVolume(inputVolume)
+        scene = inputVolume.GetScene()
+        if scene is None:
+            raise ValueError(f"input volume {volume_bridge.nodeLabel(inputVolume)} is not in a scene")
+        if threshold is not None and not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+        if isinstance(margin, bool) or int(margin) != margin or margin < 0:
+            raise ValueError(f"margin must be a whole number of low-resolution voxels >= 0, got {margin}")
+        if outputSegmentation is not None:
+            self._checkOutput(inputVolume, outputSegmentation)
+        if outputTable is not None and not outputTable.IsA("vtkMRMLTableNode"):
+            raise ValueError(f"output table {volume_bridge.nodeLabel(outputTable)} is a {outputTable.GetClassName()}, not a table")
+        if outputTable is not None and outputTable.GetScene() is not scene:
+            raise ValueError("the output table is not in the input volume's scene")
+
+        report(0.0, f"Reading {inputVolume.GetName()}")
+        timings = {}
+        image = volume_bridge.volumeToImage(inputVolume, applyParentTransform=applyParentTransform)
+        timings["read"] = time.perf_counter() - started
+
+        report(0.02, f"Loading model {model or '(bundled LowRes model)'}")
+        mark = time.perf_counter()
+        network, preprocessing, card = self.loadDetector(model)
+        timings["load"] = time.perf_counter() - mark
+        if threshold is None:
+            threshold = float(card.data.get("output", {}).get("threshold", 0.5))
+        if _isCancelled(cancel):
+            raise Cancelled("detection cancelled")
+
+        from liteseg.detection import DEFAULT_MAX_VOXELS_STAGE1, detect_image
+
+        def engineProgress(fraction: float, message: str) -> None:
+            report(min(0.9, 0.05 + 0.85 * fraction), f"Detecting: {message}")
+
+        try:
+            result = detect_image(
+                image,
+                network,
+                preprocessing,
+                threshold=float(threshold),
+                margin=int(margin),
+                max_voxels_stage1=int(maxVoxelsStage1 or DEFAULT_MAX_VOXELS_STAGE1),
+                allow_non_ct=bool(allowNonCT),
+                progress=engineProgress,
+                cancel=cancel,
+            )
+        except Cancelled:
+            raise
+        except LiteSegError as error:
+            raise ValueError(f"cannot detect in {volume_bridge.nodeLabel(inputVolume)}: {_message(error)}") from error
+        timings.update(result.seconds)
+        if _isCancelled(cancel):
+            raise Cancelled("detection cancelled")
+
+        # The GUI keeps processing events while the engine runs: the nodes may be gone.
+        for node, what in ((inputVolume, "input volume"), (outputSegmentation, "output segmentation"), (outputTable, "output table")):
+            if node is not None and node.GetScene() is not scene:
+                raise ValueError(f"the {what} was removed from the scene during the detection")
+
+        report(0.9, "Writing segmentation, table and ROIs")
+        mark = time.perf_counter()
+        detections = result.detections
+        created = []
+        try:
+            if outputSegmentation is None:
+                outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputVolume.GetName()} detections")
+                created.append(outputSegmentation)
+                outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            outputSegmentation.CreateDefaultDisplayNodes()  # none yet when made by a node selector
+            if created or outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0:
+                outputs_place = True
+            else:
+                outputs_place = False
+            wasModifying = outputSegmentation.StartModify()
+            try:
+                outputs.prepareSegmentation(outputSegmentation, inputVolume)
+                shape = tuple(reversed(image.GetSize()))
+                outputs.writeDetectionSegments(outputSegmentation, detections, inputVolume, shape)
+            finally:
+                outputSegmentation.EndModify(wasModifying)
+            if outputs_place:
+                outputs.segmentation_writer.placeInSubjectHierarchy(outputSegmentation, inputVolume)
+
+            if outputTable is None:
+                outputTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputVolume.GetName()} detections table")
+                created.append(outputTable)
+                outputs.segmentation_writer.placeInSubjectHierarchy(outputTable, inputVolume)
+            else:
+                self._removePreviousRois(outputTable)
+            outputs.fillTable(outputTable, detections)
+
+            rois = []
+            for detection in detections:
+                roi = outputs.createRoi(scene, detection, inputVolume)
+                created.append(roi)
+                rois.append(roi)
+                outputs.segmentation_writer.placeInSubjectHierarchy(roi, inputVolume)
+            outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_SEGMENTATION, outputSegmentation.GetID())
+            outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_VOLUME, inputVolume.GetID())
+            for roi in rois:
+                outputTable.AddNodeReferenceID(outputs.TABLE_ROLE_ROI, roi.GetID())
+        except Exception:
+            for node in reversed(created):
+                if node.GetScene() is scene:
+                    scene.RemoveNode(node)
+            raise
+        timings["write"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - started
+
+        self.lastTimings = timings
+        self.lastDetections = list(detections)
+        self.lastModel = card
+        if detections:
+            self.lastStatus = (
+                f"{len(detections)} object(s) found (threshold {float(threshold):.2f}, margin {int(margin)}) "
+                f"in {timings['total']:.1f} s"
+            )
+        else:
+            self.lastStatus = (
+                f"No object found (threshold {float(threshold):.2f}, margin {int(margin)}): "
+                "the segmentation and the table are empty"
+            )
+        report(1.0, self.lastStatus)
+        return DetectionOutputs(outputSegmentation, outputTable, rois)
+
+    # ------------------------------------------------------------------ navigation
+    def jumpToDetection(self, tableNode, row: int) -> tuple[float, float, float]:
+        """The RAS centre (world, mm) of the object in `row` (0-based) of a detections table; in
+        the Slicer application the slice views are also centred there (Markups logic's
+        JumpSlicesToLocation). Without `slicer.app` (scripts on Slicer's core) only returns it."""
+        from . import outputs
+
+        centre = outputs.centreOfRow(tableNode, int(row))
+        import slicer
+
+        if getattr(slicer, "app", None) is not None:
+            slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
+        return centre
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _removePreviousRois(tableNode) -> None:
+        """Remove the ROIs that an earlier run made for this table (and only those)."""
+        from . import outputs
+
+        scene = tableNode.GetScene()
+        rois = [tableNode.GetNthNodeReference(outputs.TABLE_ROLE_ROI, n) for n in range(tableNode.GetNumberOfNodeReferences(outputs.TABLE_ROLE_ROI))]
+        tableNode.RemoveNodeReferenceIDs(outputs.TABLE_ROLE_ROI)
+        for roi in rois:
+            if roi is not None and roi.GetScene() is scene:
+                scene.RemoveNode(roi)
+
+    @staticmethod
+    def _checkOutput(inputVolume, outputSegmentation) -> None:
+        from MoNetSegmentationLib.logic import SegmentationLogic
+
+        SegmentationLogic._checkOutput(inputVolume, outputSegmentation)
