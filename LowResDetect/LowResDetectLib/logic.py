@@ -222,10 +222,7 @@ class DetectionLogic:
                 created.append(outputSegmentation)
                 outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             outputSegmentation.CreateDefaultDisplayNodes()  # none yet when made by a node selector
-            if created or outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0:
-                outputs_place = True
-            else:
-                outputs_place = False
+            placeSegmentation = bool(created) or outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0
             wasModifying = outputSegmentation.StartModify()
             try:
                 outputs.prepareSegmentation(outputSegmentation, inputVolume)
@@ -233,15 +230,16 @@ class DetectionLogic:
                 outputs.writeDetectionSegments(outputSegmentation, detections, inputVolume, shape)
             finally:
                 outputSegmentation.EndModify(wasModifying)
-            if outputs_place:
+            if placeSegmentation:
                 outputs.segmentation_writer.placeInSubjectHierarchy(outputSegmentation, inputVolume)
 
+            previousRois = []
             if outputTable is None:
                 outputTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputVolume.GetName()} detections table")
                 created.append(outputTable)
                 outputs.segmentation_writer.placeInSubjectHierarchy(outputTable, inputVolume)
             else:
-                self._removePreviousRois(outputTable)
+                previousRois = self._previousRois(outputTable)
             outputs.fillTable(outputTable, detections)
 
             rois = []
@@ -252,6 +250,10 @@ class DetectionLogic:
                 outputs.segmentation_writer.placeInSubjectHierarchy(roi, inputVolume)
             outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_SEGMENTATION, outputSegmentation.GetID())
             outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_VOLUME, inputVolume.GetID())
+            outputTable.RemoveNodeReferenceIDs(outputs.TABLE_ROLE_ROI)
+            for roi in previousRois:  # the ROIs an earlier run made for this table, only those
+                if roi.GetScene() is scene:
+                    scene.RemoveNode(roi)
             for roi in rois:
                 outputTable.AddNodeReferenceID(outputs.TABLE_ROLE_ROI, roi.GetID())
         except Exception:
@@ -294,16 +296,12 @@ class DetectionLogic:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _removePreviousRois(tableNode) -> None:
-        """Remove the ROIs that an earlier run made for this table (and only those)."""
+    def _previousRois(tableNode) -> list:
+        """The ROIs that an earlier run made for this table."""
         from . import outputs
 
-        scene = tableNode.GetScene()
-        rois = [tableNode.GetNthNodeReference(outputs.TABLE_ROLE_ROI, n) for n in range(tableNode.GetNumberOfNodeReferences(outputs.TABLE_ROLE_ROI))]
-        tableNode.RemoveNodeReferenceIDs(outputs.TABLE_ROLE_ROI)
-        for roi in rois:
-            if roi is not None and roi.GetScene() is scene:
-                scene.RemoveNode(roi)
+        count = tableNode.GetNumberOfNodeReferences(outputs.TABLE_ROLE_ROI)
+        return [roi for roi in (tableNode.GetNthNodeReference(outputs.TABLE_ROLE_ROI, n) for n in range(count)) if roi is not None]
 
     @staticmethod
     def _checkOutput(inputVolume, outputSegmentation) -> None:

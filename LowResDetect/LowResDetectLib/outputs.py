@@ -143,8 +143,7 @@ def roiGeometry(roi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     centre = np.zeros(3)
     roi.GetCenter(centre)
-    size = np.zeros(3)
-    roi.GetSize(size)
+    size = np.array(roi.GetSize(), dtype=float)
     matrix = slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())
     return centre, size, matrix[:3, :3]
 
