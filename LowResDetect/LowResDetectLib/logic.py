@@ -30,7 +30,7 @@ from .shared import availableDetectorModels, importMoNetLib
 
 importMoNetLib()
 from MoNetSegmentationLib.engine import ModelInfo  # noqa: E402
-from MoNetSegmentationLib.logic import Cancelled, _engineMessage, _isCancelled  # noqa: E402
+from MoNetSegmentationLib.logic import Cancelled, engineMessage, isCancelled  # noqa: E402
 from liteseg.errors import LiteSegError  # noqa: E402  (torch-free)
 
 ProgressCallback = Callable[[float, str], None]
@@ -47,7 +47,7 @@ _CLI_HINTS = {
 
 
 def _message(error: Exception) -> str:
-    message = _engineMessage(error)
+    message = engineMessage(error)
     for cli, python in _CLI_HINTS.items():
         message = message.replace(cli, python)
     return message
@@ -179,7 +179,7 @@ class DetectionLogic:
         timings["load"] = time.perf_counter() - mark
         if threshold is None:
             threshold = float(card.data.get("output", {}).get("threshold", 0.5))
-        if _isCancelled(cancel):
+        if isCancelled(cancel):
             raise Cancelled("detection cancelled")
 
         from liteseg.detection import DEFAULT_MAX_VOXELS_STAGE1, detect_image
@@ -204,7 +204,7 @@ class DetectionLogic:
         except LiteSegError as error:
             raise ValueError(f"cannot detect in {volume_bridge.nodeLabel(inputVolume)}: {_message(error)}") from error
         timings.update(result.seconds)
-        if _isCancelled(cancel):
+        if isCancelled(cancel):
             raise Cancelled("detection cancelled")
 
         # The GUI keeps processing events while the engine runs: the nodes may be gone.

@@ -35,13 +35,13 @@ __all__ = ["SegmentationLogic", "Cancelled", "DEFAULT_MODEL"]
 _CLI_HINTS = {"(use --allow-non-ct to override)": "(pass allowNonCT=True to process() to override)"}
 
 
-def _isCancelled(cancel: CancelFlag) -> bool:
+def isCancelled(cancel: CancelFlag) -> bool:
     if cancel is None:
         return False
     return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
-def _engineMessage(error: Exception) -> str:
+def engineMessage(error: Exception) -> str:
     message = str(error)
     for cli, python in _CLI_HINTS.items():
         message = message.replace(cli, python)
@@ -79,7 +79,7 @@ class SegmentationLogic:
             try:
                 self._models[key] = loader(model)
             except LiteSegError as error:
-                raise ValueError(f"cannot load model {key!r}: {_engineMessage(error)}") from error
+                raise ValueError(f"cannot load model {key!r}: {engineMessage(error)}") from error
         return self._models[key]
 
     # ------------------------------------------------------------------ processing
@@ -141,7 +141,7 @@ class SegmentationLogic:
         timings["load"] = time.perf_counter() - mark
         if threshold is None:
             threshold = card.threshold
-        if _isCancelled(cancel):
+        if isCancelled(cancel):
             raise Cancelled("segmentation cancelled")
 
         from liteseg.inference import segment_image
@@ -161,9 +161,9 @@ class SegmentationLogic:
                 cancel=cancel,
             )
         except LiteSegError as error:
-            raise ValueError(f"cannot segment {volume_bridge.nodeLabel(inputVolume)}: {_engineMessage(error)}") from error
+            raise ValueError(f"cannot segment {volume_bridge.nodeLabel(inputVolume)}: {engineMessage(error)}") from error
         timings.update(result.seconds)
-        if _isCancelled(cancel):
+        if isCancelled(cancel):
             raise Cancelled("segmentation cancelled")
 
         # The GUI keeps processing events while the engine runs: the nodes may be gone.
