@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,7 +47,17 @@ from ..models.lowres import LowResNet
 from .datasets import Case, merge_labels, split_by_patient
 from .losses import dice_loss
 from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, sample_batch
-from .trainer import epoch_bar, output_files, resolve_device, restore_rng_state, rng_state, save_atomic
+from .trainer import (
+    common_problems,
+    config_to_dict,
+    epoch_bar,
+    output_files,
+    raise_first_problem,
+    resolve_device,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
 
 CURVE_NAME = "training_curve.png"
 THRESHOLD = 0.5
@@ -128,18 +137,11 @@ class LowResTrainConfig:
             (not 0 <= self.lesion_probability <= 1, f"lesion probability must be in [0, 1], got {self.lesion_probability}"),
             (self.pos_weight <= 0, f"positive class weight must be positive, got {self.pos_weight}"),
             (not isinstance(self.preprocessing, DetectionPreprocessing), "preprocessing must be a DetectionPreprocessing"),
-            (not self.label_values, "label values must name at least one value"),
-            (self.device not in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (not self.name or Path(self.name).name != self.name, f"model name must be a file name, got {self.name!r}"),
-            (self.num_threads is not None and self.num_threads < 1, f"threads must be at least 1, got {self.num_threads}"),
         ]
-        for failed, message in problems:
-            if failed:
-                raise LiteSegError(message)
+        raise_first_problem(problems + common_problems(self))
 
     def to_dict(self) -> dict:
-        """JSON-compatible copy (lists for tuples), as stored in checkpoints and model cards."""
-        return json.loads(json.dumps({**asdict(self), "output": str(self.output)}))
+        return config_to_dict(self)
 
 
 # ---------------------------------------------------------------- losses and steps

@@ -55,6 +55,28 @@ LABEL_PRESETS = {
 }
 
 
+def common_problems(config) -> list[tuple[bool, str]]:
+    """(failed, message) checks of the options every trainer's config has."""
+    return [
+        (not config.label_values, "label values must name at least one value"),
+        (config.device not in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {config.device!r}"),
+        (not config.name or Path(config.name).name != config.name, f"model name must be a file name, got {config.name!r}"),
+        (config.num_threads is not None and config.num_threads < 1, f"threads must be at least 1, got {config.num_threads}"),
+    ]
+
+
+def raise_first_problem(problems: Sequence[tuple[bool, str]]) -> None:
+    """Raise LiteSegError with the message of the first failed check."""
+    for failed, message in problems:
+        if failed:
+            raise LiteSegError(message)
+
+
+def config_to_dict(config) -> dict:
+    """JSON-compatible copy of a trainer config (lists for tuples), as stored in checkpoints and cards."""
+    return json.loads(json.dumps({**asdict(config), "output": str(config.output)}))
+
+
 @dataclass
 class TrainConfig:
     """Options of one training run (the MoNet paper's recipe by default)."""
@@ -95,20 +117,13 @@ class TrainConfig:
             (self.passes_per_epoch < 1, f"passes per epoch must be at least 1, got {self.passes_per_epoch}"),
             (self.foreground_prior is not None and not 0 < self.foreground_prior < 1,
              f"foreground prior must be between 0 and 1, got {self.foreground_prior}"),
-            (not self.label_values, "label values must name at least one value"),
             (self.label_preset not in LABEL_PRESETS,
              f"unknown label preset {self.label_preset!r}; choose from {', '.join(LABEL_PRESETS)}"),
-            (self.device not in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (not self.name or Path(self.name).name != self.name, f"model name must be a file name, got {self.name!r}"),
-            (self.num_threads is not None and self.num_threads < 1, f"threads must be at least 1, got {self.num_threads}"),
         ]
-        for failed, message in problems:
-            if failed:
-                raise LiteSegError(message)
+        raise_first_problem(problems + common_problems(self))
 
     def to_dict(self) -> dict:
-        """JSON-compatible copy (lists for tuples), as stored in checkpoints and model cards."""
-        return json.loads(json.dumps({**asdict(self), "output": str(self.output)}))
+        return config_to_dict(self)
 
 
 def output_files(output: Path, name: str, resume: bool) -> tuple[Path, Path, Path]:
