@@ -18,7 +18,7 @@ import logging
 
 CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 QUESTION = (
-    "MoNet segmentation needs PyTorch, which is not installed in this Slicer.\n\n"
+    "LiteSeg (MoNet Segmentation, LowRes Detect) needs PyTorch, which is not installed in this Slicer.\n\n"
     "Install the CPU build of PyTorch now? It is downloaded once (a few hundred MB) "
     "and can take some minutes. No GPU is needed."
 )
@@ -41,10 +41,10 @@ def ensureTorch() -> bool:
     if slicer.app.testingEnabled():
         raise RuntimeError(
             "PyTorch is not installed in this Slicer; install it (CPU build) before running the "
-            "MoNetSegmentation tests"
+            "LiteSeg module tests"
         )
     if not slicer.util.confirmOkCancelDisplay(QUESTION, windowTitle="Install PyTorch"):
-        logging.info("MoNetSegmentation: installation of PyTorch declined")
+        logging.info("LiteSeg: installation of PyTorch declined")
         return False
     try:
         import PyTorchUtils  # the PyTorch extension's module, when installed
