@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
 from .geometry import slice_orientation
 from .imageio import read_image, write_image
-from .inference import ProgressCallback, load_model, segment_image
+from .inference import load_model, segment_image
+from .progress import ProgressCallback
 from .metrics import dice
 from .modelcard import DEFAULT_MODEL
 

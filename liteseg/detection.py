@@ -36,8 +36,8 @@ from .components import Box, component_boxes, label_components
 from .errors import Cancelled, LiteSegError
 from .geometry import SliceOrientation, slice_orientation
 from .imageio import as_3d, check_ct_intensities, check_volume
-from .inference import CancelFlag, ProgressCallback, _cancelled
 from .models.lowres import LowResFeatures, LowResNet, LowResStage1
+from .progress import CancelFlag, ProgressCallback, is_cancelled
 
 DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: ~1.3 GB of activations (~40 B/voxel)
 
@@ -200,7 +200,7 @@ def stage1_features(
     spatial = tuple(volume.shape[2:])
     tiles = plan_tiles([-(-n // 8) for n in spatial], max_voxels)
     if len(tiles) == 1:
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled("detection cancelled")
         features = stage1(volume)
         if progress is not None:
@@ -208,7 +208,7 @@ def stage1_features(
         return features
     stitched: dict[str, torch.Tensor] = {}
     for number, (core, tile) in enumerate(tiles, 1):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled("detection cancelled")
         part = stage1(volume[(..., *(slice(a * 8, b * 8) for a, b in zip(tile.start, tile.stop)))])
         for name, factor in _LEVEL_FACTOR.items():
@@ -316,7 +316,7 @@ def detect_image(
         started = time.perf_counter()
         boxes = []
         for number, component in enumerate(components, 1):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled("detection cancelled")
             box8 = component.box
             logits = network.stage2(features.crop(box8.start, box8.stop))[0, 0]

@@ -6,11 +6,10 @@ and a cancel flag.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,16 +22,7 @@ from .geometry import slice_orientation
 from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
 from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
 from .preprocessing import Preprocessing, resize_slices
-
-ProgressCallback = Callable[[float, str], None]  # (fraction done in [0, 1], message)
-CancelFlag = Union[threading.Event, Callable[[], bool], None]
-
-
-def _cancelled(cancel: CancelFlag) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-
+from .progress import CancelFlag, ProgressCallback, is_cancelled
 
 @dataclass
 class SegmentationResult:
@@ -71,7 +61,7 @@ def predict_canonical(
     network.eval()
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled("segmentation cancelled")
             stop = min(start + batch_size, n_slices)
             batch = torch.from_numpy(np.ascontiguousarray(volume[start:stop]))[:, None]

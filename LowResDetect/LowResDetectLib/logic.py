@@ -21,7 +21,6 @@ Nothing here imports torch, SimpleITK or the engine's detection before `process`
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
@@ -30,11 +29,9 @@ from .shared import availableDetectorModels, importMoNetLib
 
 importMoNetLib()
 from MoNetSegmentationLib.engine import ModelInfo  # noqa: E402
-from MoNetSegmentationLib.logic import Cancelled, engineMessage, isCancelled  # noqa: E402
+from MoNetSegmentationLib.logic import Cancelled, engineMessage  # noqa: E402
 from liteseg.errors import LiteSegError  # noqa: E402  (torch-free)
-
-ProgressCallback = Callable[[float, str], None]
-CancelFlag = Union[threading.Event, Callable[[], bool], None]
+from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCancelled  # noqa: E402  (torch-free)
 
 __all__ = ["DetectionLogic", "DetectionOutputs", "Cancelled"]
 

@@ -16,7 +16,6 @@ Nothing here imports torch, SimpleITK or the engine's inference before `process`
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -25,20 +24,12 @@ from .engine import DEFAULT_MODEL, ModelInfo, availableModels, importEngine
 
 importEngine()
 from liteseg.errors import Cancelled, LiteSegError  # noqa: E402  (torch-free module)
-
-ProgressCallback = Callable[[float, str], None]
-CancelFlag = Union[threading.Event, Callable[[], bool], None]
+from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCancelled  # noqa: E402  (torch-free)
 
 __all__ = ["SegmentationLogic", "Cancelled", "DEFAULT_MODEL"]
 
 # The engine's messages name its command-line options; say what to do from Python instead.
 _CLI_HINTS = {"(use --allow-non-ct to override)": "(pass allowNonCT=True to process() to override)"}
-
-
-def isCancelled(cancel: CancelFlag) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
 def engineMessage(error: Exception) -> str:

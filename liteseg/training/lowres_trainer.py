@@ -44,16 +44,15 @@ from ..imageio import as_3d, check_volume, read_image
 from ..metrics import check_same_grid, dice
 from ..modelcard import sha256_file, write_card
 from ..models.lowres import LowResNet
-from .datasets import Case, merge_labels, split_by_patient
+from .datasets import Case, merge_labels
 from .losses import dice_loss
 from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, sample_batch
 from .trainer import (
     common_problems,
     config_to_dict,
     epoch_bar,
-    output_files,
     raise_first_problem,
-    resolve_device,
+    start_run,
     restore_rng_state,
     rng_state,
     save_atomic,
@@ -271,16 +270,7 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
     model card into `config.output`. `command` is recorded in the card. `resume` continues
     `<output>/checkpoint.pt`, which must come from the same options (see RESUMABLE_CHANGES) and
     cases. Returns the model card's path."""
-    config.check()
-    output = Path(config.output)
-    checkpoint, weights, card = output_files(output, config.name, resume)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
-    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
-
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
     network = LowResNet().to(device)
     optimizers = make_optimizers(network, config)
     history: list[dict] = []
@@ -329,7 +319,7 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
             },
             checkpoint,
         )
-        plot_lowres_curve(history, output / CURVE_NAME, config.stage1_epochs)
+        plot_lowres_curve(history, Path(config.output) / CURVE_NAME, config.stage1_epochs)
 
     if not weights.is_file():
         save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -137,6 +137,31 @@ def output_files(output: Path, name: str, resume: bool) -> tuple[Path, Path, Pat
     return files
 
 
+class Run(NamedTuple):
+    """What every training run starts from."""
+
+    checkpoint: Path
+    weights: Path
+    card: Path
+    device: torch.device
+    train_cases: list[Case]
+    val_cases: list[Case]
+    generator: torch.Generator
+
+
+def start_run(config, cases: Sequence[Case], resume: bool) -> Run:
+    """Check the config, claim the output files, set threads and device, split the cases by
+    patient and seed torch (the same start for every trainer, so runs and resumes repeat)."""
+    config.check()
+    files = output_files(Path(config.output), config.name, resume)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    return Run(*files, device, train_cases, val_cases, torch.Generator().manual_seed(config.seed))
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" is CUDA when available, else CPU."""
     if device == "auto":
@@ -165,16 +190,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
     come from the same options (only epochs, notes, threads and the folder may change) and cases.
     Returns the model card's path.
     """
-    config.check()
-    output = Path(config.output)
-    checkpoint, weights, card = output_files(output, config.name, resume)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
-    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
-
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
     network = build_model(config.network).to(device)
     if config.foreground_prior is not None:
         set_output_prior(network, config.foreground_prior)
@@ -223,7 +239,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
             },
             checkpoint,
         )
-        plot_curve(history, output / CURVE_NAME)
+        plot_curve(history, Path(config.output) / CURVE_NAME)
 
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     results = _evaluate(network, val_cases, config, device, with_hd95=True)
