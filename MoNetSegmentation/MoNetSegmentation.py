@@ -75,7 +75,7 @@ class MoNetSegmentationParameterNode:
     model - bundled model name (the selector shows the versions).
     threshold - probability threshold of the pancreas.
     keepLargestComponent - keep only the largest connected component.
-    localizeFirst - crop to the abdomen first (not in the engine yet: disabled in the GUI).
+    localizeFirst - a coarse pass first, then segment only the region it finds (faster).
     show3D - also build the surface shown in 3D views.
     """
 
@@ -84,7 +84,7 @@ class MoNetSegmentationParameterNode:
     model: Annotated[str, Choice(bundledModelNames())] = DEFAULT_MODEL
     threshold: Annotated[float, WithinRange(0.05, 0.95), Decimals(2), SingleStep(0.05)] = 0.5
     keepLargestComponent: bool = False
-    localizeFirst: bool = False
+    localizeFirst: bool = True
     show3D: bool = False
 
 
@@ -211,6 +211,7 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 model=parameters.model,
                 threshold=parameters.threshold,
                 keepLargestComponent=parameters.keepLargestComponent,
+                localizeFirst=parameters.localizeFirst,
                 show3D=parameters.show3D,
                 progress=self._onProgress,
                 cancel=self._cancel,
@@ -251,7 +252,7 @@ class MoNetSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
     """Slicer's scripted-module logic (parameter node) over the Qt-free `SegmentationLogic`.
 
     `process(inputVolume, outputSegmentation=None, model=DEFAULT_MODEL, threshold=None,
-    keepLargestComponent=False, progress=None, cancel=None, ...) -> vtkMRMLSegmentationNode`
+    keepLargestComponent=False, progress=None, cancel=None, localizeFirst=None, ...) -> vtkMRMLSegmentationNode`
     is blocking; `availableModels()` lists the bundled models. See SegmentationLogic.process.
     """
 

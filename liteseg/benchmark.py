@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .localisation import Localisation
 from .models import build_model
 from .params import state_dict_megabytes
+from .runtime import batch_for, make_runner
 
 # MoNet paper: Table 2 (seconds for 150 slices of 256x256 on an 8-core 2.4 GHz i9 CPU) and
 # Table 3 (serialised Keras h5 size in MB).
@@ -32,6 +35,9 @@ PAPER_FIGURES = {
     "monet": (14.88, 1.8),
 }
 SLICE = (256, 256)
+SLICES_CT = "ct_sm_slices82-111.nii.gz"  # in the data folder's ct/pancreas_TS-A
+SLICES_LABELS = "total_v2_pred_on_ct_sm.nii.gz"
+TS_V2_PANCREAS = 7
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -50,19 +56,21 @@ def flops_per_slice(network: nn.Module, size: tuple[int, int] = SLICE) -> float:
     return float(counter.get_total_flops())
 
 
-def time_slices(network: nn.Module, n_slices: int, batch_size: int, repeats: int) -> list[float]:
-    """Seconds to run `n_slices` slices in batches, `repeats` times after one warm-up batch."""
-    network.eval()
+def time_slices(run: Callable[[torch.Tensor], object], n_slices: int, batch_size: int, repeats: int) -> list[float]:
+    """Seconds for `run` (a network or runner) to process `n_slices` slices in batches,
+    `repeats` times after one warm-up batch."""
+    if isinstance(run, nn.Module):
+        run.eval()
     batch = torch.rand(batch_size, 1, *SLICE)
     last = torch.rand(n_slices % batch_size or batch_size, 1, *SLICE)
 
-    def run() -> None:
+    def once() -> None:
         for start in range(0, n_slices, batch_size):
-            network(batch if start + batch_size <= n_slices else last)
+            run(batch if start + batch_size <= n_slices else last)
 
     with torch.inference_mode():
-        network(batch)
-        return [_timed(run) for _ in range(repeats)]
+        run(batch)
+        return [_timed(once) for _ in range(repeats)]
 
 
 @dataclass
@@ -77,11 +85,17 @@ class NetworkRow:
 
 
 def bench_networks(names: Sequence[str], n_slices: int, batch_size: int, repeats: int) -> list[NetworkRow]:
+    """Eager float32 NCHW rows (the paper's setting), then MoNet on the fast backend at its batch size."""
     rows = []
     for name in names:
         network = build_model(name).eval()
         seconds = statistics.median(time_slices(network, n_slices, batch_size, repeats))
         rows.append(NetworkRow(name, seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
+    if "monet" in names:
+        network = build_model("monet").eval()
+        runner = make_runner(network, "fast")
+        seconds = statistics.median(time_slices(runner, n_slices, batch_for(SLICE, "fast"), repeats))
+        rows.append(NetworkRow("monet fast", seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
     return rows
 
 
@@ -103,46 +117,106 @@ def format_network_table(rows: Sequence[NetworkRow], n_slices: int, matmul: floa
     return "\n".join(lines)
 
 
-def make_abdominal_ct(path: Path, size: tuple[int, int, int] = (512, 512, 150)) -> Path:
-    """The sample CT resampled (linearly) to `size` voxels over the same physical extent: a
-    realistic 512x512 abdominal CT for timing the whole job."""
-    from .data import SAMPLE_CT, fetch_sample
+@dataclass(frozen=True)
+class JobSetting:
+    """One way of running the whole "Segment pancreas" job."""
 
-    ct = sitk.ReadImage(str(fetch_sample(SAMPLE_CT)))
-    spacing = [sp * n / m for sp, n, m in zip(ct.GetSpacing(), ct.GetSize(), size)]
-    resampled = sitk.Resample(ct, list(size), sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), spacing,
-                              ct.GetDirection(), -1024, sitk.sitkInt16)
-    sitk.WriteImage(resampled, str(path), useCompression=True)
-    return path
+    label: str
+    backend: str
+    batch_size: Optional[int]
+    localise: bool
 
 
-def _end_to_end(ct_path: str, output_path: str, threads: int, queue) -> None:
+JOB_SETTINGS = (
+    JobSetting("naive: eager fp32 NCHW, batch 16, all slices", "eager", 16, False),
+    JobSetting("fast backend, all slices", "fast", None, False),
+    JobSetting("fast backend + localisation (default)", "fast", None, True),
+)
+
+
+@dataclass
+class JobRow:
+    setting: JobSetting
+    seconds: dict[str, float]
+    peak_mb: float
+    dice: float
+    fraction: float  # share of the full pass's pixels segmented
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, queue) -> None:
     """One whole job in a fresh process (so that its peak RSS is its own): read, segment, write."""
     from .imageio import read_image, write_image
     from .inference import load_model, segment_image
+    from .metrics import dice
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
     image = read_image(ct_path)
     read_seconds = time.perf_counter() - started
     network, card = load_model()
-    result = segment_image(image, network, card.preprocessing, threshold=card.threshold)
+    localisation = (card.localisation or Localisation()) if setting.localise else None
+    result = segment_image(image, network, card.preprocessing, threshold=card.threshold, batch_size=setting.batch_size,
+                           backend=setting.backend, localisation=localisation)
     started = time.perf_counter()
-    write_image(result.labelmap, output_path, overwrite=True)
-    seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
-    queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    with tempfile.TemporaryDirectory() as folder:
+        write_image(result.labelmap, Path(folder) / "seg.nii.gz")
+        seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
+    peak_mb = peak_rss_mb()
+    reference = sitk.GetArrayFromImage(read_image(reference_path)) > 0
+    score = dice(sitk.GetArrayViewFromImage(result.labelmap) > 0, reference)
+    n_slices = len(sitk.GetArrayViewFromImage(result.labelmap))
+    fraction = result.region.fraction_of(n_slices, card.preprocessing.slice_size) if result.region else 1.0
+    queue.put(JobRow(setting, seconds, peak_mb, score, fraction))
 
 
-def bench_end_to_end(ct_path: Path, threads: int) -> tuple[dict[str, float], float]:
-    """Per-stage seconds and peak RSS (MB) of segmenting `ct_path` with the bundled model."""
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (VmHWM: unlike ru_maxrss, not inherited from
+    the parent across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
+
+
+def bench_job(ct_path: Path, reference_path: Path, setting: JobSetting, threads: int) -> JobRow:
+    """Per-stage seconds, peak RSS and Dice of one job with the bundled model, in a fresh process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    with tempfile.TemporaryDirectory() as folder:
-        process = context.Process(target=_end_to_end, args=(str(ct_path), str(Path(folder) / "seg.nii.gz"), threads, queue))
-        process.start()
-        seconds, peak_mb = queue.get()
-        process.join()
-    return seconds, peak_mb
+    process = context.Process(target=_job, args=(str(ct_path), str(reference_path), setting, threads, queue))
+    process.start()
+    row = queue.get()
+    process.join()
+    return row
+
+
+def format_job_table(rows: Sequence[JobRow]) -> str:
+    naive = rows[0].total
+    header = f"{'setting':<46} {'total s':>8} {'x naive':>8} {'peak MB':>8} {'Dice':>6} {'pixels':>7}  stages (s)"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        stages = ", ".join(f"{stage} {value:.2f}" for stage, value in r.seconds.items())
+        lines.append(f"{r.setting.label:<46} {r.total:>8.2f} {naive / r.total:>8.2f} {r.peak_mb:>8.0f} "
+                     f"{r.dice:>6.3f} {r.fraction:>7.1%}  {stages}")
+    return "\n".join(lines)
+
+
+def resample_like(ct_path: Path, reference_path: Path, folder: Path, size: tuple[int, int, int]) -> tuple[Path, Path]:
+    """The sample CT resampled (linearly) to `size` voxels over the same physical extent, and its
+    reference mask on that grid (nearest): a realistic 512x512 abdominal CT for timing the job."""
+    ct = sitk.ReadImage(str(ct_path))
+    spacing = [sp * n / m for sp, n, m in zip(ct.GetSpacing(), ct.GetSize(), size)]
+    resampled = sitk.Resample(ct, list(size), sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), spacing,
+                              ct.GetDirection(), -1024, sitk.sitkInt16)
+    reference = sitk.Resample(sitk.ReadImage(str(reference_path)) > 0.5, resampled, sitk.Transform(), sitk.sitkNearestNeighbor)
+    name = "x".join(map(str, size))
+    paths = folder / f"ct_{name}.nii.gz", folder / f"pancreas_{name}.nii.gz"
+    sitk.WriteImage(resampled, str(paths[0]), useCompression=True)
+    sitk.WriteImage(reference, str(paths[1]), useCompression=True)
+    return paths
 
 
 def run_bench(
@@ -154,21 +228,88 @@ def run_bench(
     end_to_end: bool = True,
     print_: Callable[[str], None] = print,
 ) -> None:
-    """Measure and print the network table, then the end-to-end job on a 512x512x150 CT."""
+    """Measure and print the network table, then the whole job three ways on a 512x512x150 CT,
+    then the default job's memory on a 512x512x600 CT."""
+    from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     matmul = matmul_gflops()
     print_(f"torch {torch.__version__}, {threads} threads; float32 matmul {matmul:.0f} GFLOP/s")
-    print_(f"{n_slices} slices of 256x256, batch {batch_size}, median of {repeats} runs after a warm-up\n")
+    print_(f"{n_slices} slices of 256x256, eager rows batch {batch_size}, median of {repeats} runs after a warm-up\n")
     print_(format_network_table(bench_networks(names, n_slices, batch_size, repeats), n_slices, matmul))
     if not end_to_end:
         return
+    ct_path, reference_path = fetch_sample(SAMPLE_CT), fetch_sample(SAMPLE_PANCREAS)
     with tempfile.TemporaryDirectory() as folder:
-        ct_path = make_abdominal_ct(Path(folder) / "ct_512x512x150.nii.gz")
-        seconds, peak_mb = bench_end_to_end(ct_path, threads)
-    stages = ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
-    print_("\nSegment pancreas, 512x512x150 CT (sample CT resampled), bundled MoNet, all slices:")
-    print_(f"  total {sum(seconds.values()):.2f} s ({stages}); peak RSS {peak_mb:.0f} MB")
+        job_ct, job_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 150))
+        rows = [bench_job(job_ct, job_reference, setting, threads) for setting in JOB_SETTINGS]
+        print_("\nSegment pancreas, 512x512x150 CT (the sample CT resampled), bundled MoNet, read to write, "
+               "fresh process each; Dice against the resampled reference:")
+        print_(format_job_table(rows))
+        big_ct, big_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 600))
+        rows = [bench_job(big_ct, big_reference, setting, threads) for setting in JOB_SETTINGS[::2]]
+        print_("\nMemory, 512x512x600 CT (the sample CT resampled):")
+        print_(format_job_table(rows))
+        print_("\nLocalisation against full-volume inference (fast backend), real cases:")
+        print_(format_localisation_table(localisation_check(ct_path, reference_path, job_ct, job_reference)))
+
+
+@dataclass
+class LocalisationRow:
+    case: str
+    dice_full: float
+    dice_localised: float
+    fraction: float
+    seconds_full: float
+    seconds_localised: float
+
+
+def localisation_cases(ct_path: Path, reference_path: Path, job_ct: Path, job_reference: Path) -> list[tuple[str, sitk.Image, np.ndarray]]:
+    """(name, CT, reference mask) of the real pancreas cases: the sample CT, its 30-slice crop
+    with TotalSegmentator v2's labels (when the data folder has it) and its 512x512x150 resampling."""
+    from .data import data_root
+    from .imageio import read_image
+
+    cases = [("sample CT 122x101x112", read_image(ct_path), sitk.GetArrayFromImage(read_image(reference_path)) > 0.5)]
+    crop = data_root() / "ct/pancreas_TS-A"
+    if (crop / SLICES_CT).is_file() and (crop / SLICES_LABELS).is_file():
+        labels = sitk.GetArrayFromImage(read_image(crop / SLICES_LABELS))
+        cases.append(("sample CT slices 82-111 (TS v2 labels)", read_image(crop / SLICES_CT), labels == TS_V2_PANCREAS))
+    cases.append(("sample CT resampled 512x512x150", read_image(job_ct), sitk.GetArrayFromImage(read_image(job_reference)) > 0))
+    return cases
+
+
+def localisation_check(ct_path: Path, reference_path: Path, job_ct: Path, job_reference: Path) -> list[LocalisationRow]:
+    """Dice of full-volume and localised inference (the bundled card's setting) on the real cases."""
+    from .inference import load_model, segment_image
+    from .metrics import dice
+
+    network, card = load_model()
+    rows = []
+    for name, image, reference in localisation_cases(ct_path, reference_path, job_ct, job_reference):
+        results = []
+        for localisation in (None, card.localisation or Localisation()):
+            started = time.perf_counter()
+            result = segment_image(image, network, card.preprocessing, threshold=card.threshold, localisation=localisation)
+            results.append((result, time.perf_counter() - started))
+        (full, full_s), (localised, localised_s) = results
+        n_slices = len(reference)
+        fraction = localised.region.fraction_of(n_slices, card.preprocessing.slice_size) if localised.region else 1.0
+        rows.append(LocalisationRow(
+            name, dice(sitk.GetArrayViewFromImage(full.labelmap) > 0, reference),
+            dice(sitk.GetArrayViewFromImage(localised.labelmap) > 0, reference), fraction, full_s, localised_s,
+        ))
+    return rows
+
+
+def format_localisation_table(rows: Sequence[LocalisationRow]) -> str:
+    header = f"{'case':<40} {'Dice full':>9} {'Dice loc.':>9} {'change':>7} {'pixels':>7} {'full s':>7} {'loc. s':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r.case:<40} {r.dice_full:>9.4f} {r.dice_localised:>9.4f} {r.dice_localised - r.dice_full:>+7.4f} "
+                     f"{r.fraction:>7.1%} {r.seconds_full:>7.2f} {r.seconds_localised:>7.2f}")
+    return "\n".join(lines)
 
 
 def _timed(function: Callable[[], object]) -> float:

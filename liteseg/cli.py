@@ -11,7 +11,9 @@ import torch
 
 from . import __version__
 from .errors import LiteSegError
+from .localisation import Localisation
 from .modelcard import DEFAULT_MODEL
+from .runtime import BACKENDS
 
 
 def _format_seconds(seconds: dict[str, float]) -> str:
@@ -57,9 +59,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         keep_largest=args.largest_component,
         batch_size=args.batch_size,
         allow_non_ct=args.allow_non_ct,
+        backend=args.backend,
     )
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if args.localise is not None:
+        options["localisation"] = Localisation() if args.localise else None
     if args.folder:
         cases = segment_folder(args.input, args.output, args.model, args.overwrite, **options)
         failed = [c for c in cases if c.error]
@@ -161,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or model card .json (default {DEFAULT_MODEL})")
     segment.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model card's)")
     segment.add_argument("--largest-component", action="store_true", help="keep only the largest connected component")
-    segment.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    segment.add_argument("--localise", action=argparse.BooleanOptionalAction, default=None,
+                         help="a coarse pass over every few slices first, then segment only the region it "
+                         "finds (default: the model card's choice; on for the bundled pancreas model)")
+    segment.add_argument("--backend", choices=BACKENDS, default="fast",
+                         help="fast = BatchNorm folded + channels-last (default); eager = the network as trained")
+    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the backend's best)")
     segment.add_argument("--folder", action="store_true", help="segment every volume in the INPUT folder into the OUTPUT folder")
     segment.add_argument("--allow-non-ct", action="store_true", help="skip the check that a CT model gets Hounsfield units")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
 from .geometry import slice_orientation
 from .imageio import read_image, write_image
-from .inference import load_model, segment_image
+from .inference import load_model, segment_image, with_card_defaults
 from .progress import ProgressCallback
 from .metrics import dice
 from .modelcard import DEFAULT_MODEL
@@ -77,7 +77,7 @@ def run_demo(
     reference = read_image(fetch_sample(SAMPLE_PANCREAS))
     network, card = load_model(model)
     load_seconds = time.perf_counter() - started
-    result = segment_image(ct, network, card.preprocessing, threshold=card.threshold, progress=progress)
+    result = segment_image(ct, network, card.preprocessing, **with_card_defaults(card, {"progress": progress}))
     started = time.perf_counter()
     segmentation = write_image(result.labelmap, output_dir / "sample_ct_pancreas.nii.gz", overwrite=True)
     picture_path = output_dir / "sample_ct_pancreas_outline.png"

@@ -21,15 +21,19 @@ from .errors import Cancelled, LiteSegError
 from .geometry import slice_orientation
 from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
 from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
-from .preprocessing import Preprocessing, resize_slices
+from .localisation import Localisation, Region, coarse_indices, find_region
+from .preprocessing import Normaliser, Preprocessing, resize_slices
 from .progress import CancelFlag, ProgressCallback, is_cancelled
+from .runtime import Runner, batch_for, make_runner
 
 @dataclass
 class SegmentationResult:
-    """A labelmap on the input grid, with the time each stage took (seconds)."""
+    """A labelmap on the input grid, with the time each stage took (seconds) and the region the
+    full pass segmented (None: the whole volume)."""
 
     labelmap: sitk.Image
     seconds: dict[str, float] = field(default_factory=dict)
+    region: Optional[Region] = None
 
     @property
     def foreground_voxels(self) -> int:
@@ -40,40 +44,100 @@ class SegmentationResult:
         return self.foreground_voxels * float(np.prod(self.labelmap.GetSpacing())) / 1000.0
 
 
-def predict_canonical(
-    network: nn.Module,
+def _model_input(volume: np.ndarray, index, normalise: Normaliser, slice_size: tuple[int, int]) -> torch.Tensor:
+    """Slices `index` of a canonical volume, normalised and resized to the model's grid (N, 1, H, W)."""
+    part = normalise(np.ascontiguousarray(volume[index]))
+    return resize_slices(torch.from_numpy(np.ascontiguousarray(part))[:, None], slice_size)
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def _labels(probability: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """uint8 labels of model-grid probabilities (N, C, H, W) resized linearly to `size`."""
+    probability = resize_slices(probability, size)
+    if probability.shape[1] == 1:
+        return (probability[:, 0] > threshold).numpy().astype(np.uint8)
+    return probability.argmax(dim=1).numpy().astype(np.uint8)
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise LiteSegError(f"threshold must be between 0 and 1, got {threshold}")
+
+
+def _batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+
+
+class SliceProgress:
+    """Reports `done / total` slices, checking the cancel flag at each report."""
+
+    def __init__(self, total: int, progress: Optional[ProgressCallback], cancel: CancelFlag) -> None:
+        self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
+
+    def check(self) -> None:
+        if is_cancelled(self.cancel):
+            raise Cancelled("segmentation cancelled")
+
+    def advance(self, slices: int, what: str) -> None:
+        self.done += slices
+        if self.progress is not None:
+            self.progress(min(self.done / self.total, 1.0), what)
+
+
+def locate(
+    runner: Runner,
     volume: np.ndarray,
+    normalise: Normaliser,
+    slice_size: tuple[int, int],
+    step: int,
+    localisation: Localisation,
+    threshold: float,
+    batch_size: int,
+    progress: SliceProgress,
+) -> Optional[Region]:
+    """Run the network on every `step`-th canonical slice; the region its foreground bounds."""
+    indices = coarse_indices(volume.shape[0], step)
+    masks = []
+    for batch in _batches(indices, batch_size):
+        progress.check()
+        logits = runner(_model_input(volume, batch, normalise, slice_size))
+        masks.append(_labels(_probabilities(logits), slice_size, threshold) > 0)
+        progress.advance(len(batch), f"locating: slice {batch[-1] + 1}/{volume.shape[0]}")
+    return find_region(np.concatenate(masks), indices, volume.shape[0], step, localisation.margin_px)
+
+
+def predict_canonical(
+    runner: Runner,
+    volume: np.ndarray,
+    normalise: Normaliser,
     slice_size: tuple[int, int],
     threshold: float = 0.5,
     batch_size: int = 16,
-    progress: Optional[ProgressCallback] = None,
-    cancel: CancelFlag = None,
+    region: Optional[Region] = None,
+    progress: Optional[SliceProgress] = None,
 ) -> np.ndarray:
-    """Labels (uint8) of a normalised canonical volume (slices, rows, cols), slice by slice.
-
-    Slices are resized to `slice_size` linearly, probabilities resized back linearly and
-    thresholded batch by batch, so no full-resolution float copy of the volume's output is kept.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise LiteSegError(f"threshold must be between 0 and 1, got {threshold}")
+    """Labels (uint8) of a canonical volume (slices, rows, cols), batch by batch: slices are
+    normalised and resized to `slice_size`, probabilities resized back linearly and thresholded,
+    so no float copy of the whole volume is ever made. With a `region`, only its slices and
+    in-plane box are run; everything outside it is background."""
+    check_threshold(threshold)
     n_slices, rows, cols = volume.shape
+    region = region or Region(0, n_slices, 0, slice_size[0], 0, slice_size[1])
+    progress = progress or SliceProgress(region.n_slices, None, None)
     labels = np.zeros(volume.shape, dtype=np.uint8)
-    network.eval()
-    with torch.inference_mode():
-        for start in range(0, n_slices, batch_size):
-            if is_cancelled(cancel):
-                raise Cancelled("segmentation cancelled")
-            stop = min(start + batch_size, n_slices)
-            batch = torch.from_numpy(np.ascontiguousarray(volume[start:stop]))[:, None]
-            logits = network(resize_slices(batch, slice_size))
-            if logits.shape[1] == 1:
-                probability = resize_slices(torch.sigmoid(logits), (rows, cols))[:, 0]
-                labels[start:stop] = (probability > threshold).numpy()
-            else:
-                probability = resize_slices(torch.softmax(logits, dim=1), (rows, cols))
-                labels[start:stop] = probability.argmax(dim=1).numpy().astype(np.uint8)
-            if progress is not None:
-                progress(stop / n_slices, f"slice {stop}/{n_slices}")
+    for batch in _batches(np.arange(region.first, region.stop), batch_size):
+        progress.check()
+        inputs = _model_input(volume, batch, normalise, slice_size)
+        logits = runner(inputs[:, :, region.row0 : region.row1, region.col0 : region.col1])
+        probability = torch.zeros((len(batch), logits.shape[1], *slice_size))
+        if logits.shape[1] > 1:
+            probability[:, 0] = 1.0  # background outside the region
+        probability[:, :, region.row0 : region.row1, region.col0 : region.col1] = _probabilities(logits)
+        labels[batch[0] : batch[-1] + 1] = _labels(probability, (rows, cols), threshold)
+        progress.advance(len(batch), f"slice {batch[-1] + 1}/{n_slices}")
     return labels
 
 
@@ -83,12 +147,21 @@ def segment_image(
     preprocessing: Preprocessing,
     threshold: float = 0.5,
     keep_largest: bool = False,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     allow_non_ct: bool = False,
+    localisation: Optional[Localisation] = None,
+    backend: str = "fast",
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
 ) -> SegmentationResult:
-    """Segment a 3D image slice by slice along its axial axis; the labelmap has its exact grid."""
+    """Segment a 3D image slice by slice along its axial axis; the labelmap has its exact grid.
+
+    With `localisation`, a coarse pass over every few slices first bounds the organ and the full
+    pass runs inside that region only (the whole volume when the coarse pass finds nothing).
+    `backend` is how the network is executed (see `liteseg.runtime`; results equal up to float
+    rounding); `batch_size` (slices per batch) defaults to the backend's best.
+    """
+    check_threshold(threshold)
     times: dict[str, float] = {}
     started = time.perf_counter()
     image = as_3d(image)
@@ -97,13 +170,27 @@ def segment_image(
         check_ct_intensities(image)
     orientation = slice_orientation(image)
     volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
-    normalized = preprocessing.normalize(volume)
+    normalise = preprocessing.normalizer(volume)
+    runner = make_runner(network, backend)
     times["preprocess"] = time.perf_counter() - started
 
+    region = None
+    n_slices = volume.shape[0]
+    tracker = SliceProgress(n_slices, progress, cancel)
+    if localisation is not None:
+        started = time.perf_counter()
+        step = localisation.step(orientation.canonical_spacing(image)[0])
+        tracker.total = len(coarse_indices(n_slices, step)) + n_slices
+        region = locate(runner, volume, normalise, preprocessing.slice_size, step, localisation, threshold,
+                        batch_size or batch_for(preprocessing.slice_size, backend), tracker)
+        if region is not None:
+            tracker.total = tracker.done + region.n_slices
+        times["localise"] = time.perf_counter() - started
+
     started = time.perf_counter()
-    labels = predict_canonical(
-        network, normalized, preprocessing.slice_size, threshold, batch_size, progress, cancel
-    )
+    crop = (region.row1 - region.row0, region.col1 - region.col0) if region else preprocessing.slice_size
+    labels = predict_canonical(runner, volume, normalise, preprocessing.slice_size, threshold,
+                               batch_size or batch_for(crop, backend), region, tracker)
     times["inference"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -112,7 +199,12 @@ def segment_image(
     labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(labels)))
     labelmap.CopyInformation(image)
     times["postprocess"] = time.perf_counter() - started
-    return SegmentationResult(labelmap, times)
+    return SegmentationResult(labelmap, times, region)
+
+
+def with_card_defaults(card: ModelCard, options: dict) -> dict:
+    """`segment_image` options with the model card's threshold and localisation where not given."""
+    return {"threshold": card.threshold, "localisation": card.localisation, **options}
 
 
 def load_model(model: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, ModelCard]:
@@ -130,8 +222,8 @@ def segment_file(
 ) -> SegmentationResult:
     """Read `input_path` (file or DICOM folder), segment it, write `output_path` atomically.
 
-    `options` are those of `segment_image` (threshold, keep_largest, batch_size, ...); the
-    threshold defaults to the model card's.
+    `options` are those of `segment_image` (threshold, keep_largest, localisation, ...); the
+    threshold and localisation default to the model card's.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
@@ -142,8 +234,7 @@ def segment_file(
     started = time.perf_counter()
     image = read_image(input_path)
     read_seconds = time.perf_counter() - started
-    options.setdefault("threshold", card.threshold)
-    result = segment_image(image, network, card.preprocessing, **options)
+    result = segment_image(image, network, card.preprocessing, **with_card_defaults(card, options))
     started = time.perf_counter()
     write_image(result.labelmap, output_path, overwrite=overwrite)
     result.seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
@@ -191,7 +282,7 @@ def segment_folder(
     if not inputs:
         raise LiteSegError(f"no images (.nii.gz, .nii, .nrrd, .mha, .mhd or DICOM series) in {input_dir}")
     network, card = load_model(model)
-    options.setdefault("threshold", card.threshold)
+    options = with_card_defaults(card, options)
     cases: list[FolderCase] = []
     iterator = inputs
     if progress_bar:

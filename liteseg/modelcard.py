@@ -12,9 +12,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .errors import LiteSegError, WeightsError
+from .localisation import Localisation
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -82,6 +83,13 @@ class ModelCard:
     @property
     def labels(self) -> list[dict]:
         return self.data["labels"]
+
+    @property
+    def localisation(self) -> Optional[Localisation]:
+        """The localisation pass this model runs by default (None: whole volume), as checked
+        against full-volume inference and recorded in the card's "inference" section."""
+        options = self.data.get("inference", {}).get("localisation")
+        return Localisation(float(options["step_mm"]), int(options["margin_px"])) if options else None
 
     @classmethod
     def read(cls, path: Path) -> "ModelCard":

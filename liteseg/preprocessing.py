@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -13,6 +13,10 @@ from .errors import LiteSegError
 
 if TYPE_CHECKING:
     import torch
+
+
+Normaliser = Callable[[np.ndarray], np.ndarray]
+"""Maps raw intensities (any part of one volume) to float32 network input."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,31 @@ class Preprocessing:
 
     def normalize(self, volume: np.ndarray) -> np.ndarray:
         """Intensities of a whole volume mapped to the network's range, as float32."""
-        volume = volume.astype(np.float32, copy=False)
+        return self.normalizer(volume)(volume)
+
+    def normalizer(self, volume: np.ndarray) -> Normaliser:
+        """A function normalising any part of `volume` (e.g. a batch of slices) exactly as
+        `normalize` does the whole: MR statistics are those of the whole volume, computed in
+        chunks so that no float copy of the volume is made."""
         if self.modality == "CT":
             low, high = self.window  # type: ignore[misc]
-            return (np.clip(volume, low, high) - low) / (high - low)
-        foreground = volume[volume != 0]
-        foreground = foreground if foreground.size else volume.ravel()
-        std = float(foreground.std()) or 1.0
-        return (volume - float(foreground.mean())) / std
+            return lambda part: (np.clip(part.astype(np.float32, copy=False), low, high) - low) / np.float32(high - low)
+        mean, std = nonzero_mean_std(volume)
+        return lambda part: ((part.astype(np.float32, copy=False) - mean) / std).astype(np.float32, copy=False)
+
+
+def nonzero_mean_std(volume: np.ndarray, chunk: int = 16) -> tuple[float, float]:
+    """Mean and standard deviation of the nonzero voxels (all voxels when none is nonzero),
+    accumulated over chunks of the first axis in float64; a zero deviation is reported as 1."""
+    count, total, squares = 0, 0.0, 0.0
+    for start in range(0, volume.shape[0], chunk):
+        part = volume[start : start + chunk]
+        values = part[part != 0].astype(np.float64)
+        count, total, squares = count + values.size, total + values.sum(), squares + np.square(values).sum()
+    if count == 0:
+        return 0.0, 1.0
+    mean = total / count
+    return mean, float(np.sqrt(max(squares / count - mean * mean, 0.0))) or 1.0
 
 
 def resize_slices(slices: "torch.Tensor", size: tuple[int, int], labels: bool = False) -> "torch.Tensor":

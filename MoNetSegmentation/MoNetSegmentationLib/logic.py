@@ -86,6 +86,7 @@ class SegmentationLogic:
         allowNonCT: bool = False,
         applyParentTransform: bool = False,
         show3D: bool = False,
+        localizeFirst: Optional[bool] = None,
     ):
         """Segment `inputVolume` and return the segmentation node holding the result (blocking).
 
@@ -106,6 +107,9 @@ class SegmentationLogic:
             True; it is then segmented as shown (the volume is not modified) and a new output
             segmentation is put under the same transform.
         :param show3D: also create the closed-surface representation (shown in 3D views).
+        :param localizeFirst: run a coarse pass over every few slices first and segment only the
+            region it finds (several times faster); None uses the model card's choice (on for the
+            bundled pancreas model, whose card records the check against full-volume inference).
         :raises ValueError: no input, not a scalar volume, not 3D, transformed volume, not a CT
             for a CT model, unknown model or bad weights, output under another transform, ...
         :return: the vtkMRMLSegmentationNode.
@@ -132,6 +136,11 @@ class SegmentationLogic:
         timings["load"] = time.perf_counter() - mark
         if threshold is None:
             threshold = card.threshold
+        localisation = card.localisation
+        if localizeFirst is not None:
+            from liteseg.localisation import Localisation
+
+            localisation = (localisation or Localisation()) if localizeFirst else None
         if isCancelled(cancel):
             raise Cancelled("segmentation cancelled")
 
@@ -148,6 +157,7 @@ class SegmentationLogic:
                 threshold=float(threshold),
                 keep_largest=bool(keepLargestComponent),
                 allow_non_ct=bool(allowNonCT),
+                localisation=localisation,
                 progress=engineProgress,
                 cancel=cancel,
             )

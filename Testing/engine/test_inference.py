@@ -59,7 +59,7 @@ def test_labelmap_lies_on_the_input_grid_voxel_for_voxel(name):
     # slice size = the native in-plane size: no resampling, so the result must be exact
     preprocessing = Preprocessing(slice_size=orientation_shape[1:])
     network = WindowNet(preprocessing)
-    result = segment_image(image, network, preprocessing, batch_size=5)
+    result = segment_image(image, network, preprocessing, batch_size=5, backend="eager")
     assert_same_grid(result.labelmap, image)
     assert result.labelmap.GetPixelID() == sitk.sitkUInt8
     expected = (sitk.GetArrayViewFromImage(image) > CUT_HU).astype(np.uint8)
@@ -73,7 +73,7 @@ def test_resizing_to_256_and_back_keeps_the_object_in_place(name):
     image = phantom_image(GEOMETRIES[name], size=(40, 48, 30), spacing=(0.8, 0.7, 1.5))
     preprocessing = Preprocessing()
     network = WindowNet(preprocessing)
-    result = segment_image(image, network, preprocessing)
+    result = segment_image(image, network, preprocessing, backend="eager")
     assert {shape[2:] for shape in network.seen} == {(256, 256)}
     predicted = sitk.GetArrayViewFromImage(result.labelmap) > 0
     expected = sitk.GetArrayViewFromImage(image) > CUT_HU

@@ -218,3 +218,14 @@ def test_passes_per_epoch_multiplies_the_steps_and_is_recorded(tmp_path):
         tiny_config(tmp_path / "bad", passes_per_epoch=0).check()
     with pytest.raises(LiteSegError, match="foreground prior"):
         tiny_config(tmp_path / "bad", foreground_prior=1.5).check()
+
+
+def test_split_by_named_validation_patients_holds_out_exactly_those():
+    cases = [Case(patient, Path(f"i{i}.nii"), Path(f"l{i}.nii")) for i, patient in enumerate("AABCD")]
+    train_cases, val_cases = split_by_patient(cases, 0.3, seed=0, val_patients=("A",))
+    assert [c.patient for c in val_cases] == ["A", "A"]
+    assert [c.patient for c in train_cases] == ["B", "C", "D"]
+    with pytest.raises(LiteSegError, match="not in the data set"):
+        split_by_patient(cases, 0.3, val_patients=("Z",))
+    with pytest.raises(LiteSegError, match="nothing is left to train on"):
+        split_by_patient(cases, 0.3, val_patients=tuple("ABCD"))

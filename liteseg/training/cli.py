@@ -22,6 +22,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--image", type=Path, help="a single training image (with --label)")
     data.add_argument("--label", type=Path, help="the label volume of --image, on the same grid")
     data.add_argument("--max-cases", type=int, metavar="N", help="use only the first N cases")
+    data.add_argument("--val-patients", nargs="+", metavar="ID",
+                      help="hold out these patients (the CSV's patient column) for validation, e.g. one "
+                      "fold of a leave-one-patient-out evaluation; overrides --val-fraction")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR",
                         help="folder for <name>.pt, <name>.json, checkpoint.pt and training_curve.png")
 
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         val_fraction=val_fraction,
+        val_patients=tuple(args.val_patients or ()),
         label_values=tuple(args.label_values),
         empty_slice_ratio=args.empty_slice_ratio,
         passes_per_epoch=args.passes_per_epoch,

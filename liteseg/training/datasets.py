@@ -74,11 +74,23 @@ def cases_from_pairs_csv(path: str | Path) -> list[Case]:
     ]
 
 
-def split_by_patient(cases: Sequence[Case], val_fraction: float = 0.3, seed: int = 0) -> tuple[list[Case], list[Case]]:
+def split_by_patient(
+    cases: Sequence[Case], val_fraction: float = 0.3, seed: int = 0, val_patients: Sequence[str] = ()
+) -> tuple[list[Case], list[Case]]:
     """(training, validation) cases with every patient on one side, the same for the same seed.
 
-    `val_fraction` 0 validates on the training cases themselves (an optimistic validation).
+    `val_patients` names the held-out patients explicitly (e.g. one fold of a leave-one-patient-out
+    evaluation) and overrides `val_fraction`; `val_fraction` 0 validates on the training cases
+    themselves (an optimistic validation).
     """
+    if val_patients:
+        known = {case.patient for case in cases}
+        unknown = sorted(set(val_patients) - known)
+        if unknown:
+            raise LiteSegError(f"validation patient(s) {', '.join(unknown)} not in the data set (patients: {', '.join(sorted(known))})")
+        if known <= set(val_patients):
+            raise LiteSegError("every patient is a validation patient: nothing is left to train on")
+        return [c for c in cases if c.patient not in val_patients], [c for c in cases if c.patient in val_patients]
     if not 0.0 <= val_fraction < 1.0:
         raise LiteSegError(f"validation fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0.0:

@@ -56,6 +56,8 @@ from .trainer import (
     restore_rng_state,
     rng_state,
     save_atomic,
+    split_description,
+    validates_on_training_cases,
 )
 
 CURVE_NAME = "training_curve.png"
@@ -99,6 +101,7 @@ class LowResTrainConfig:
     allow_non_ct: bool = False
     seed: int = 0
     val_fraction: float = 0.3
+    val_patients: tuple[str, ...] = ()  # held-out patients named explicitly (overrides val_fraction)
     label_values: tuple[int, ...] = (1,)
     device: str = "auto"
     num_threads: Optional[int] = None
@@ -388,15 +391,8 @@ def plot_lowres_curve(history: Sequence[dict], path: Path, stage1_epochs: int) -
 
 def _card(config: LowResTrainConfig, weights: Path, history: Sequence[dict], train_cases: Sequence[Case],
           val_cases: Sequence[Case], summary: dict, results: Sequence[dict], device: torch.device, command: str) -> dict:
-    on_training = config.val_fraction == 0
-    if on_training:
-        split = "none (validation fraction 0): validated on the training cases, so the validation figures are optimistic"
-    else:
-        split = (
-            f"by patient with seed {config.seed}, validation fraction {config.val_fraction}: "
-            f"{len({c.patient for c in train_cases})} training patients ({len(train_cases)} cases), "
-            f"{len({c.patient for c in val_cases})} validation patients ({len(val_cases)} cases)"
-        )
+    on_training = validates_on_training_cases(config)
+    split = split_description(config, train_cases, val_cases)
     stage1 = sum(h["stage"] == 1 for h in history)
     drops = {s: max(1, round(config.lr_drop_fraction * e)) for s, e in ((1, config.stage1_epochs), (2, config.stage2_epochs))}
     kind = "CT, HU window" if config.preprocessing.kind == "hu_window" else "grey levels 0-255"
@@ -513,7 +509,8 @@ def lowres_config(args: argparse.Namespace, val_fraction: float) -> LowResTrainC
         stage2_epochs=args.stage2_epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
         stage2_batch_size=args.stage2_batch_size, lr=args.lr, lr_final=args.lr_final, patch_size=tuple(args.patch_size),
         lesion_probability=args.lesion_probability, pos_weight=args.pos_weight, preprocessing=preprocessing,
-        allow_non_ct=args.allow_non_ct, seed=args.seed, val_fraction=val_fraction, label_values=tuple(args.label_values),
+        allow_non_ct=args.allow_non_ct, seed=args.seed, val_fraction=val_fraction,
+        val_patients=tuple(args.val_patients or ()), label_values=tuple(args.label_values),
         device=args.device, num_threads=args.threads, notes=args.notes,
     )
 

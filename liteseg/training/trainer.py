@@ -65,6 +65,23 @@ def common_problems(config) -> list[tuple[bool, str]]:
     ]
 
 
+def validates_on_training_cases(config) -> bool:
+    """True when the run has no held-out patients (its validation figures are optimistic)."""
+    return not config.val_patients and config.val_fraction == 0
+
+
+def split_description(config, train_cases: Sequence[Case], val_cases: Sequence[Case]) -> str:
+    """How a run split its cases, in words, for the model card."""
+    if validates_on_training_cases(config):
+        return "none (validation fraction 0): validated on the training cases, so the validation figures are optimistic"
+    rule = (f"held-out patients {', '.join(config.val_patients)}" if config.val_patients
+            else f"seed {config.seed}, validation fraction {config.val_fraction}")
+    return (
+        f"by patient ({rule}): {len({c.patient for c in train_cases})} training patients ({len(train_cases)} cases), "
+        f"{len({c.patient for c in val_cases})} validation patients ({len(val_cases)} cases)"
+    )
+
+
 def raise_first_problem(problems: Sequence[tuple[bool, str]]) -> None:
     """Raise LiteSegError with the message of the first failed check."""
     for failed, message in problems:
@@ -92,6 +109,7 @@ class TrainConfig:
     lr_patience: int = 2  # epochs without validation-loss improvement before lr x lr_factor (Keras meaning)
     seed: int = 0
     val_fraction: float = 0.3
+    val_patients: tuple[str, ...] = ()  # held-out patients named explicitly (overrides val_fraction)
     label_values: tuple[int, ...] = (1, 2)
     empty_slice_ratio: float = 0.5
     passes_per_epoch: int = 1  # draws of the training slices per epoch (small data sets)
@@ -157,7 +175,7 @@ def start_run(config, cases: Sequence[Case], resume: bool) -> Run:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
-    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
+    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed, config.val_patients)
     torch.manual_seed(config.seed)
     return Run(*files, device, train_cases, val_cases, torch.Generator().manual_seed(config.seed))
 
@@ -351,7 +369,7 @@ def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, de
     results = []
     for case in cases:
         image, reference = read_case(case, config.label_values, config.preprocessing)
-        labelmap = segment_image(image, runner, config.preprocessing, threshold=THRESHOLD).labelmap
+        labelmap = segment_image(image, runner, config.preprocessing, threshold=THRESHOLD, backend="eager").labelmap
         result = {"patient": case.patient, "image": case.image.name,
                   "dice": dice(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(reference))}
         if with_hd95:
@@ -428,15 +446,8 @@ def _card(
 ) -> dict:
     label = dict(LABEL_PRESETS[config.label_preset])
     best = best_epoch(history)
-    on_training = config.val_fraction == 0
-    if on_training:
-        split = "none (validation fraction 0): validated on the training cases, so the validation figures are optimistic"
-    else:
-        split = (
-            f"by patient with seed {config.seed}, validation fraction {config.val_fraction}: "
-            f"{len({c.patient for c in train_cases})} training patients ({len(train_cases)} cases), "
-            f"{len({c.patient for c in val_cases})} validation patients ({len(val_cases)} cases)"
-        )
+    on_training = validates_on_training_cases(config)
+    split = split_description(config, train_cases, val_cases)
     distances = [r["hd95_mm"] for r in results if r["hd95_mm"] is not None]
     return {
         "name": config.name,

@@ -1,0 +1,80 @@
+"""The localisation pass: coarse slices, the region they bound, and segmenting only there."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from liteseg.inference import segment_image
+from liteseg.localisation import MULTIPLE, Localisation, Region, coarse_indices, find_region
+from liteseg.preprocessing import Preprocessing
+
+from test_inference import WindowNet
+
+
+def test_coarse_slices_cover_both_ends():
+    assert list(coarse_indices(1, 5)) == [0]
+    assert list(coarse_indices(10, 3)) == [0, 3, 6, 9]
+    indices = coarse_indices(150, 7)
+    assert np.all(np.diff(indices) == 7)
+    assert indices[0] <= 3 and 149 - indices[-1] <= 3
+    assert Localisation(step_mm=15).step(2.5) == 6 and Localisation(step_mm=15).step(40) == 1
+
+
+def test_region_is_the_coarse_box_widened_by_a_step_and_the_margin():
+    masks = np.zeros((4, 64, 64), dtype=bool)
+    masks[1, 20:25, 30:41] = True
+    masks[2, 22:30, 28:33] = True
+    region = find_region(masks, np.array([2, 7, 12, 17]), n_slices=20, step=5, margin_px=6)
+    assert (region.first, region.stop) == (2, 18)  # hits at slices 7 and 12, one step each way
+    assert region.row0 <= 14 and region.row1 >= 36 and region.col0 <= 22 and region.col1 >= 47
+    assert (region.row1 - region.row0) % MULTIPLE == 0 and (region.col1 - region.col0) % MULTIPLE == 0
+    assert region.fraction_of(20, (64, 64)) < 0.25
+
+
+def test_region_is_clipped_to_the_slice_and_none_without_foreground():
+    masks = np.zeros((2, 32, 32), dtype=bool)
+    assert find_region(masks, np.array([0, 5]), 8, 5, 4) is None
+    masks[0, 0:3, 29:32] = True
+    region = find_region(masks, np.array([0, 5]), 8, 5, 4)
+    assert region == Region(0, 6, 0, 8, 24, 32)
+
+
+def organ_phantom() -> sitk.Image:
+    """A 60-slice CT-like volume (2 mm slices) with one 'organ' over slices 25-36."""
+    array = np.full((60, 64, 64), 40, dtype=np.int16)
+    array[:, :4] = -1000
+    array[25:37, 30:42, 10:26] = 150
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    return image
+
+
+def test_localised_segmentation_runs_only_in_the_region_and_finds_the_organ():
+    image = organ_phantom()
+    preprocessing = Preprocessing(slice_size=(64, 64))
+    full = segment_image(image, WindowNet(preprocessing), preprocessing, backend="eager")
+    network = WindowNet(preprocessing)
+    fractions = []
+    localised = segment_image(image, network, preprocessing, backend="eager", localisation=Localisation(10.0, 8),
+                              progress=lambda fraction, message: fractions.append(fraction))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(localised.labelmap), sitk.GetArrayViewFromImage(full.labelmap))
+    region = localised.region
+    assert region.first <= 25 and region.stop >= 37 and region.n_slices < 30
+    coarse = coarse_indices(60, 5)
+    seen_slices = sum(shape[0] for shape in network.seen)
+    assert seen_slices == len(coarse) + region.n_slices
+    assert {shape[2:] for shape in network.seen[-1:]} == {(region.row1 - region.row0, region.col1 - region.col0)}
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert set(localised.seconds) == {"preprocess", "localise", "inference", "postprocess"}
+
+
+def test_localisation_falls_back_to_the_whole_volume_when_the_coarse_pass_finds_nothing():
+    array = np.full((30, 32, 32), 40, dtype=np.int16)
+    array[:, :2] = -1000
+    array[17, 10:14, 10:14] = 150  # one thin object between the coarse slices 4, 14 and 24
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    preprocessing = Preprocessing(slice_size=(32, 32))
+    result = segment_image(image, WindowNet(preprocessing), preprocessing, backend="eager", localisation=Localisation(10.0, 4))
+    assert result.region is None
+    assert result.foreground_voxels == 16

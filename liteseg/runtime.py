@@ -1,0 +1,77 @@
+"""How a trained 2D network is executed for inference on the CPU (same results up to float rounding).
+
+- "fast" (default): BatchNorm folded into the preceding convolutions, weights and activations in
+  channels-last layout (oneDNN's fast path), run in small batches (`batch_for`): MoNet's
+  activations are large and its convolutions memory-bound, so batches that stay in cache win.
+- "eager": the network as trained (float32, NCHW, BatchNorm as its own layer): the naive path.
+
+Measured by `liteseg bench` and recorded in the README; ONNX Runtime and TorchScript were
+measured too and were not faster than "fast" on our CPUs, so they are not offered.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .errors import LiteSegError
+
+BACKENDS = ("fast", "eager")
+BATCH_PIXELS = 2 * 256 * 256  # pixels per "fast" batch: two 256x256 slices
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a batch (N, C, H, W) float32 to logits (N, out, H, W), without autograd."""
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """An eval-mode copy of `network` in which every BatchNorm that directly follows a Conv2d or
+    ConvTranspose2d inside an nn.Sequential is folded into that convolution's weights and bias."""
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(norm, nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+                module._modules[second] = nn.Identity()
+    return folded
+
+
+def eager_runner(network: nn.Module) -> Runner:
+    """The network as it is (eval mode)."""
+    network.eval()
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return network(batch)
+
+    return run
+
+
+def fast_runner(network: nn.Module) -> Runner:
+    """BatchNorm folded, weights and activations channels-last."""
+    fast = fold_batchnorm(network).to(memory_format=torch.channels_last)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fast(batch.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    return run
+
+
+def make_runner(network: nn.Module, backend: str = "fast") -> Runner:
+    """The runner of `network` for a backend name of BACKENDS."""
+    if backend not in BACKENDS:
+        raise LiteSegError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    return fast_runner(network) if backend == "fast" else eager_runner(network)
+
+
+def batch_for(slice_size: tuple[int, int], backend: str) -> int:
+    """Slices per batch: about BATCH_PIXELS pixels for "fast", 16 slices for the naive "eager"."""
+    return max(1, BATCH_PIXELS // (slice_size[0] * slice_size[1])) if backend == "fast" else 16
