@@ -231,7 +231,7 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None) -> dict:
 
 def runBundledModelSelfTest(scene, log: Log = print, model: str = DEFAULT_MODEL) -> int:
     """The bundled model on the oblique synthetic volume: metadata, and the engine's voxels."""
-    from liteseg.inference import segment_image
+    from liteseg.inference import segment_image, with_card_defaults
 
     logic = SegmentationLogic()
     network, card = logic.loadModel(model)
@@ -242,7 +242,7 @@ def runBundledModelSelfTest(scene, log: Log = print, model: str = DEFAULT_MODEL)
     segmentationNode = logic.process(volume, model=model, progress=lambda f, m: fractions.append(f))
     _check(fractions and fractions[-1] == 1.0 and fractions == sorted(fractions), f"progress went {fractions}")
     segmentId = checkPancreasSegment(segmentationNode, volume, studyItem)
-    expected = segment_image(image, network, card.preprocessing, threshold=card.threshold).labelmap
+    expected = segment_image(image, network, card.preprocessing, **with_card_defaults(card, {})).labelmap
     count = checkSameVoxels(segmentationNode, segmentId, expected, f"bundled model {model}")
     log(f"{model} v{card.version}: {count} voxels, {logic.lastTimings['total']:.2f} s")
     return count

@@ -13,7 +13,7 @@ slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
 from slicer_fixtures import bundled_model, core, data_root, random_monet_card  # noqa: E402,F401  (pytest fixtures)
 
-from liteseg.inference import segment_image  # noqa: E402
+from liteseg.inference import segment_image, with_card_defaults  # noqa: E402
 
 from MoNetSegmentationLib import engine, segmentation_writer, selftest, volume_bridge  # noqa: E402
 from MoNetSegmentationLib.logic import Cancelled, SegmentationLogic  # noqa: E402
@@ -258,6 +258,11 @@ def test_bundled_model_on_a_reoriented_real_ct_slab(core, tmp_path, bundled_mode
     node = logic.process(volume)
     segment_id = selftest.checkPancreasSegment(node, volume)
     network, card = logic.loadModel(bundled_model.name)
-    expected = segment_image(original, network, card.preprocessing, threshold=card.threshold).labelmap
+    expected = segment_image(original, network, card.preprocessing, **with_card_defaults(card, {})).labelmap
     count = selftest.checkSameVoxels(node, segment_id, expected, "reoriented slab")
     assert count > 100
+    assert "localise" in logic.lastTimings  # the bundled card localises by default
+    whole = logic.process(volume, localizeFirst=False)
+    assert "localise" not in logic.lastTimings
+    expected = segment_image(original, network, card.preprocessing, threshold=card.threshold).labelmap
+    selftest.checkSameVoxels(whole, selftest.checkPancreasSegment(whole, volume), expected, "whole volume")
