@@ -23,6 +23,8 @@ def test_bundled_card_is_honest_and_matches_its_weights():
     assert card.data["validation"]["on_training_cases"] is True
     assert card.data["command"].startswith("liteseg train ")
     assert card.weights_path.stat().st_size < 2_000_000  # a small model: about 1.6 MB of float32
+    assert card.localisation is not None and card.localisation.margin_px > 0  # checked: see its "check"
+    assert "never lowered it by more than 0.01" in card.data["inference"]["localisation"]["check"]
 
 
 def test_demo_segments_the_sample_ct_on_its_grid(tmp_path, monkeypatch, sample_ct_path, sample_pancreas_path):
