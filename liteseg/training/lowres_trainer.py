@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import pickle
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,6 +51,7 @@ from .trainer import (
     config_to_dict,
     epoch_bar,
     raise_first_problem,
+    read_checkpoint,
     start_run,
     restore_rng_state,
     rng_state,
@@ -338,24 +338,13 @@ def _fmt(value: Optional[float]) -> str:
 def _restore(path: Path, config: LowResTrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case],
              network: LowResNet, optimizers: dict[int, torch.optim.Optimizer], generator: torch.Generator) -> list[dict]:
     """Load a checkpoint made with the same options and cases; returns its history."""
-    if not path.is_file():
-        raise LiteSegError(f"nothing to resume: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise LiteSegError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
-    saved, current = state["config"], config.to_dict()
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if changed:
-        raise LiteSegError(f"cannot resume {path}: options changed since the checkpoint: {'; '.join(changed)}")
-    history = state["history"]
+    state = read_checkpoint(path, config, RESUMABLE_CHANGES, train_cases, val_cases)
+    saved, history = state["config"], state["history"]
     if saved["stage1_epochs"] != config.stage1_epochs and (
         any(h["stage"] == 2 for h in history) or len(history) > config.stage1_epochs
     ):
         raise LiteSegError(f"cannot resume {path}: stage 1 epochs cannot change once stage 1 is over "
                            f"({saved['stage1_epochs']} -> {config.stage1_epochs})")
-    if state["train_cases"] != [c.describe() for c in train_cases] or state["val_cases"] != [c.describe() for c in val_cases]:
-        raise LiteSegError(f"cannot resume {path}: the training or validation cases differ from the checkpoint's")
     network.stage1.load_state_dict(state["stage1"])
     network.stage2.load_state_dict(state["stage2"])
     optimizers[1].load_state_dict(state["optimizer1"])

@@ -180,6 +180,25 @@ def start_run(config, cases: Sequence[Case], resume: bool) -> Run:
     return Run(*files, device, train_cases, val_cases, torch.Generator().manual_seed(config.seed))
 
 
+def read_checkpoint(path: Path, config, resumable: Sequence[str], train_cases: Sequence[Case],
+                    val_cases: Sequence[Case]) -> dict:
+    """A checkpoint's contents, refused unless it was made with the same options (except those
+    in `resumable`) and the same training and validation cases."""
+    if not path.is_file():
+        raise LiteSegError(f"nothing to resume: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise LiteSegError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+    saved, current = state["config"], config.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in resumable and saved.get(k) != v]
+    if changed:
+        raise LiteSegError(f"cannot resume {path}: options changed since the checkpoint: {'; '.join(changed)}")
+    if state["train_cases"] != [c.describe() for c in train_cases] or state["val_cases"] != [c.describe() for c in val_cases]:
+        raise LiteSegError(f"cannot resume {path}: the training or validation cases differ from the checkpoint's")
+    return state
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" is CUDA when available, else CPU."""
     if device == "auto":
@@ -415,18 +434,7 @@ def _restore(
     generator: torch.Generator,
 ) -> list[dict]:
     """Load a checkpoint made with the same options and cases; returns its history."""
-    if not path.is_file():
-        raise LiteSegError(f"nothing to resume: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise LiteSegError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
-    saved, current = state["config"], config.to_dict()
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if changed:
-        raise LiteSegError(f"cannot resume {path}: options changed since the checkpoint: {'; '.join(changed)}")
-    if state["train_cases"] != [c.describe() for c in train_cases] or state["val_cases"] != [c.describe() for c in val_cases]:
-        raise LiteSegError(f"cannot resume {path}: the training or validation cases differ from the checkpoint's")
+    state = read_checkpoint(path, config, RESUMABLE_CHANGES, train_cases, val_cases)
     network.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
