@@ -271,8 +271,12 @@ def detect_image(
     allow_non_ct: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
+    refine: bool = True,
 ) -> DetectionResult:
     """Detect and segment objects with a LowRes network; see the module docstring.
+
+    `refine` False skips stage 2: the final map is then the upsampled stage-1 map (used to
+    validate stage 1 while it trains, before stage 2 has learnt anything).
 
     `threshold` (probability) is used both on the stage-1 logits and on the final map. The
     detections are the stage-1 components whose box holds refined voxels touching the
@@ -319,11 +323,13 @@ def detect_image(
             if is_cancelled(cancel):
                 raise Cancelled("detection cancelled")
             box8 = component.box
-            logits = network.stage2(features.crop(box8.start, box8.stop))[0, 0]
             box = box8.scaled(8, shape)
+            boxes.append(box)
+            if not refine:
+                continue
+            logits = network.stage2(features.crop(box8.start, box8.stop))[0, 0]
             inside = logits[tuple(slice(0, n) for n in box.shape)]
             logit_map[box.slices()] = inside.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
-            boxes.append(box)
             if progress is not None:
                 progress(0.6 + 0.4 * number / len(components), f"stage 2 box {number}/{len(components)}")
         times["stage2"] = time.perf_counter() - started

@@ -133,6 +133,22 @@ def test_single_object_box_volume_centre_probability():
     assert set(result.seconds) == {"preprocess", "stage1", "stage2", "postprocess"}
 
 
+def test_without_refinement_the_map_is_the_upsampled_stage1_map():
+    array = np.zeros((48, 40, 46), np.uint8)
+    array[10:20, 5:12, 30:41] = 255
+    image = grey_image(array)
+    network = known_network()
+    result = detect_image(image, network, GREY, refine=False)
+    padded = np.zeros((48, 40, 48), np.float32)
+    padded[..., :46] = array / 255.0
+    logits8 = network.stage1(torch.from_numpy(padded)[None, None]).logits8
+    expected = upsampled_logits(logits8, array.shape).astype(np.float32) > 0
+    np.testing.assert_array_equal(labelmap_array(result), expected)
+    assert not np.array_equal(expected, array > 0)  # coarser than the refined map
+    (detection,) = result.detections
+    assert detection.box == detect_image(image, network, GREY).detections[0].box
+
+
 @pytest.mark.parametrize("margin, stop", [(0, 8), (1, 16), (2, 24)])
 def test_margin_and_clipping_at_the_border(margin, stop):
     array = np.zeros((32, 32, 32), np.uint8)

@@ -27,7 +27,8 @@ from liteseg.training.lowres_trainer import (
     train_lowres,
     training_step,
 )
-from liteseg.training.patches import PatchVolume, canonical_volume, sample_batch, sample_patch
+from liteseg.training.lowres_lopo import fold_configs, train_lowres_lopo
+from liteseg.training.patches import PatchVolume, canonical_volume, random_flips, sample_batch, sample_patch
 
 GREY = DetectionPreprocessing("grey_0_255", None)
 
@@ -168,6 +169,21 @@ def test_lr_schedule_is_the_papers_scaled():
         LowResTrainConfig(output="unused", stage2_epochs=0).check()
 
 
+def test_random_flips_mirror_image_and_label_together_in_plane_only():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 3, 4, 5)
+    labels = (images > 0.5).float()
+    flipped, flipped_labels = random_flips(images, labels, generator)
+    assert torch.equal(flipped_labels, (flipped > 0.5).float())  # the label follows its image
+    kinds = set()
+    for b in range(64):
+        matches = [dims for dims in ([], [2], [3], [2, 3]) if torch.equal(flipped[b], images[b].flip(dims) if dims else images[b])]
+        assert len(matches) == 1  # exactly one in-plane mirroring, never along the slices
+        kinds.add(tuple(matches[0]))
+    assert kinds == {(), (2,), (3,), (2, 3)}
+    assert torch.equal(random_flips(images, labels, torch.Generator().manual_seed(0))[0], flipped)  # seeded
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -230,3 +246,39 @@ def test_cli_options_make_the_config(tmp_path):
     args = parser.parse_args(["--output", str(tmp_path), "--preprocessing", "grey_0_255", "--window", "0", "1"])
     with pytest.raises(LiteSegError, match="--window"):
         lowres_config(args, 0.3)
+
+
+def test_leave_one_patient_out_trains_each_fold_and_pools_the_held_out_froc(tmp_path):
+    cases = [write_case(tmp_path / "data", name) for name in ("p1", "p2")]
+    output = tmp_path / "lopo"
+    config = tiny_config(output, flip=True, val_fraction=0.3)
+    folds = fold_configs(config, cases)
+    assert [(p, c.val_patients, c.output) for p, c in folds] == [
+        ("p1", ("p1",), output / "folds" / "p1"), ("p2", ("p2",), output / "folds" / "p2")]
+    card_path = train_lowres_lopo(config, cases, "lopo test", progress_bar=False)
+    data = json.loads(card_path.read_text())
+    assert card_path == output / "lowres-tiny.json" and data["validation"]["on_training_cases"]
+    assert [c["patient"] for c in data["training"]["data"]] == ["p1", "p2"]
+    lopo = data["leave_one_patient_out"]
+    assert [f["held_out_patient"] for f in lopo["folds"]] == ["p1", "p2"]
+    assert [[c["patient"] for c in f["cases"]] for f in lopo["folds"]] == [["p1"], ["p2"]]
+    for patient in ("p1", "p2"):
+        fold_card = json.loads((output / "folds" / patient / "lowres-tiny.json").read_text())
+        assert [c["patient"] for c in fold_card["training"]["data"]] == [{"p1": "p2", "p2": "p1"}[patient]]
+    assert (lopo["patients"], lopo["scans"], lopo["objects"]) == (2, 2, 6)  # three balls per case
+    assert lopo["objects_hit"] == sum(c["objects_hit"] for f in lopo["folds"] for c in f["cases"])
+    rows = (output / "lopo_froc.csv").read_text().splitlines()
+    assert rows[0] == "threshold,fp_per_scan,recall" and rows[1] == "inf,0.000000,0.000000"
+    assert (output / "lopo_froc.png").stat().st_size > 0
+    assert "mirrored in-plane" in data["training"]["recipe"]["patches"]
+
+    # a finished run resumes without training again (same weights), an unfinished one is refused without --resume
+    before = data["sha256"]
+    again = json.loads(train_lowres_lopo(config, cases, "lopo test", progress_bar=False, resume=True).read_text())
+    assert again["sha256"] == before and again["leave_one_patient_out"]["folds"] == lopo["folds"]
+    with pytest.raises(LiteSegError, match="--resume"):
+        train_lowres_lopo(config, cases, "lopo test", progress_bar=False)
+    with pytest.raises(LiteSegError, match="at least 2 patients"):
+        fold_configs(config, cases[:1])
+    with pytest.raises(LiteSegError, match="val-patients"):
+        fold_configs(tiny_config(output, val_patients=("p1",)), cases)

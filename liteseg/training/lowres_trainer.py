@@ -5,7 +5,8 @@ Recipe (docs: /shared/specs/methods.md, "LowRes: training"):
 - Stage 1 for `stage1_epochs` epochs of `iterations_per_epoch` batches of 3D patches
   (`patches.sample_batch`: centred on a lesion voxel with probability 0.5, else uniform), loss
   the weighted binary cross-entropy of the x8 logits against max_pool3d(target, 8, ceil_mode)
-  (positive voxels weighted `pos_weight`).
+  (positive voxels weighted `pos_weight`). With `flip`, each patch is mirrored in-plane at
+  random (`patches.random_flips`; not in the paper, for tiny training sets such as DeepLesion's).
 - Stage 2 for `stage2_epochs` epochs with stage 1 frozen (no gradients AND eval mode, so its
   BatchNorm running statistics stay put); stage 2 decodes the stage-1 features of the whole patch
   (`LowResNet.forward`) and is trained with the soft Dice loss of the full-resolution logits.
@@ -13,7 +14,8 @@ Recipe (docs: /shared/specs/methods.md, "LowRes: training"):
   `lr_drop_fraction` (0.8) of the stage's epochs: the paper's 80-of-100 scaled to the epochs asked.
 - Validation after every epoch runs `detect_image` (exactly the inference path) on the validation
   cases: object Dice (mean over hit objects), average recall (FROC, 0..5 FP per scan), voxel Dice.
-  During stage 1, stage 2 is still untrained, so those figures measure the untrained decoder.
+  During stage 1 it runs without stage 2 (`refine=False`, still untrained): the figures are
+  those of the upsampled stage-1 map.
 - A checkpoint after every epoch (both stages, both optimizers, history, RNG) allows an exact
   resume. The weights are the last epoch's (a fixed schedule, as in the paper, no early stopping);
   they are written with a model card `liteseg detect` loads (`detection_cli.load_detector`).
@@ -38,14 +40,14 @@ import torch.nn.functional as F
 from .. import __version__
 from ..detection import DetectionPreprocessing, detect_image
 from ..errors import LiteSegError
-from ..froc import average_recall, froc_curve, match_scan, object_dice
+from ..froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
 from ..imageio import as_3d, check_volume, read_image
 from ..metrics import check_same_grid, dice
 from ..modelcard import sha256_file, write_card
 from ..models.lowres import LowResNet
 from .datasets import Case, merge_labels
 from .losses import dice_loss
-from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, sample_batch
+from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, random_flips, sample_batch
 from .trainer import (
     common_problems,
     config_to_dict,
@@ -97,6 +99,7 @@ class LowResTrainConfig:
     patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE
     lesion_probability: float = LESION_PROBABILITY
     pos_weight: float = 10.0  # weight of positive x8 voxels in the stage-1 cross-entropy (our choice)
+    flip: bool = False  # mirror patches in-plane at random (not in the paper)
     preprocessing: DetectionPreprocessing = field(default_factory=DetectionPreprocessing)
     allow_non_ct: bool = False
     seed: int = 0
@@ -229,34 +232,58 @@ def load_volumes(cases: Sequence[Case], config: LowResTrainConfig, progress_bar:
     return volumes
 
 
-def evaluate_detection(network: LowResNet, cases: Sequence[Case], config: LowResTrainConfig) -> tuple[dict, list[dict]]:
-    """Run `detect_image` on every case: (summary, per-case results).
+@dataclass
+class HeldOutScores:
+    """Detection results of validation cases: FROC matches, Dice of every hit object, one row per case."""
 
-    Summary: object_dice (mean over all hit ground-truth objects; None when none is hit),
-    average_recall (FROC, 0..5 false positives per scan; None without any object), dice (mean
-    voxel Dice of the labelmaps), detections (total)."""
-    scans, object_dices, results = [], [], []
+    scans: list[ScanMatch] = field(default_factory=list)
+    object_dices: list[float] = field(default_factory=list)
+    cases: list[dict] = field(default_factory=list)
+
+    def add(self, other: HeldOutScores) -> None:
+        self.scans += other.scans
+        self.object_dices += other.object_dices
+        self.cases += other.cases
+
+    def summary(self) -> dict:
+        """object_dice (mean over all hit ground-truth objects; None when none is hit),
+        average_recall (FROC, 0..5 false positives per scan; None without any object), dice
+        (mean voxel Dice of the labelmaps), detections (total)."""
+        has_objects = any(s.n_objects for s in self.scans)
+        return {
+            "object_dice": float(np.mean(self.object_dices)) if self.object_dices else None,
+            "average_recall": average_recall(froc_curve(self.scans)) if has_objects else None,
+            "dice": float(np.mean([r["dice"] for r in self.cases])) if self.cases else None,
+            "detections": sum(r["detections"] for r in self.cases),
+        }
+
+
+def score_detection(network: LowResNet, cases: Sequence[Case], config: LowResTrainConfig, refine: bool = True) -> HeldOutScores:
+    """Run `detect_image` (the inference path; `refine` False: stage 1 only) on every case and
+    match it to the reference."""
+    scores = HeldOutScores()
     for case in cases:
         image, reference = read_detection_case(case, config)
-        result = detect_image(image, network, config.preprocessing, threshold=THRESHOLD, allow_non_ct=config.allow_non_ct)
+        result = detect_image(image, network, config.preprocessing, threshold=THRESHOLD, allow_non_ct=config.allow_non_ct,
+                              refine=refine)
         gt = sitk.GetArrayViewFromImage(reference)
         pred = sitk.GetArrayViewFromImage(result.labelmap)
         hit = object_dice(pred, gt)
-        object_dices.extend(hit)
         scan = match_scan(gt, [d.box for d in result.detections], [d.max_probability for d in result.detections],
                           [d.mask for d in result.detections])
-        scans.append(scan)
-        results.append({"patient": case.patient, "image": case.image.name, "objects": scan.n_objects,
-                        "objects_hit": len(hit), "detections": len(result.detections),
-                        "object_dice": float(np.mean(hit)) if hit else None, "dice": dice(pred, gt)})
-    has_objects = any(s.n_objects for s in scans)
-    summary = {
-        "object_dice": float(np.mean(object_dices)) if object_dices else None,
-        "average_recall": average_recall(froc_curve(scans)) if has_objects else None,
-        "dice": float(np.mean([r["dice"] for r in results])) if results else None,
-        "detections": sum(r["detections"] for r in results),
-    }
-    return summary, results
+        scores.scans.append(scan)
+        scores.object_dices.extend(hit)
+        scores.cases.append({"patient": case.patient, "image": case.image.name, "objects": scan.n_objects,
+                             "objects_hit": len(hit), "detections": len(result.detections),
+                             "object_dice": float(np.mean(hit)) if hit else None, "dice": dice(pred, gt)})
+    return scores
+
+
+def evaluate_detection(network: LowResNet, cases: Sequence[Case], config: LowResTrainConfig,
+                       refine: bool = True) -> tuple[dict, list[dict]]:
+    """`score_detection` of the cases: (its summary, its per-case rows)."""
+    scores = score_detection(network, cases, config, refine)
+    return scores.summary(), scores.cases
 
 
 def _cpu_network(network: LowResNet, device: torch.device) -> LowResNet:
@@ -294,12 +321,14 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
         total = 0.0
         for iteration in range(1, config.iterations_per_epoch + 1):
             images, labels, _ = sample_batch(volumes, batch_size, config.patch_size, generator, config.lesion_probability)
+            if config.flip:
+                images, labels = random_flips(images, labels, generator)
             total += training_step(network, optimizer, stage, images.to(device), labels.to(device), config.pos_weight)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / iteration:.4f}")
         train_loss = total / config.iterations_per_epoch
-        summary, _ = evaluate_detection(_cpu_network(network, device), val_cases, config)
+        summary, _ = evaluate_detection(_cpu_network(network, device), val_cases, config, refine=stage == 2)
         history.append({"epoch": epoch, "stage": stage, "train_loss": train_loss, "lr": lr,
                         **{f"val_{k}": v for k, v in summary.items()}, "seconds": time.perf_counter() - started})
         if bar is not None:
@@ -413,7 +442,8 @@ def _card(config: LowResTrainConfig, weights: Path, history: Sequence[dict], tra
                 "stage2_loss": "soft Dice on sigmoid(full-resolution logits of the whole patch), over the batch, smooth 1; "
                 "stage 1 frozen (no gradients, BatchNorm in eval mode)",
                 "patches": f"{list(config.patch_size)} voxels (canonical S, P, L), centred on a lesion voxel with "
-                f"probability {config.lesion_probability:g}, else uniform; padded with 0 where the volume is smaller",
+                f"probability {config.lesion_probability:g}, else uniform; padded with 0 where the volume is smaller"
+                + ("; mirrored in-plane at random (rows and columns, probability 0.5 each)" if config.flip else ""),
                 "batch_size": config.batch_size,
                 "stage2_batch_size": config.stage2_batch_size or config.batch_size,
                 "iterations_per_epoch": config.iterations_per_epoch,
@@ -467,6 +497,8 @@ def configure_lowres_parser(parser: argparse.ArgumentParser) -> None:
                         help="weight of lesion cells in the stage-1 cross-entropy (default 10)")
     parser.add_argument("--lesion-probability", type=float, default=LESION_PROBABILITY, metavar="P",
                         help="probability that a patch is centred on a lesion voxel (default 0.5)")
+    parser.add_argument("--flip", action="store_true",
+                        help="mirror each patch along rows and columns at random (augmentation, not in the paper)")
     parser.add_argument("--preprocessing", choices=("hu_window", "grey_0_255"), default="hu_window",
                         help="hu_window: clip to --window HU and scale to [0, 1]; grey_0_255: grey levels / 255 "
                         "(DeepLesion PNG slices)")
@@ -476,6 +508,9 @@ def configure_lowres_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, metavar="F",
                         help="fraction of patients held out for validation (default 0.3; 0 for a single "
                         "--image/--label pair; 0 validates on the training cases)")
+    parser.add_argument("--leave-one-patient-out", action="store_true",
+                        help="train one fold per patient in DIR/folds/PATIENT (that patient held out), then the "
+                        "final weights on all patients in DIR; the pooled held-out FROC goes into DIR and its card")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, patch sampling and init")
     parser.add_argument("--label-values", type=int, nargs="+", default=[1], metavar="V",
                         help="label values merged into the lesion (default: 1)")
@@ -497,7 +532,7 @@ def lowres_config(args: argparse.Namespace, val_fraction: float) -> LowResTrainC
         output=args.output, name=args.name, version=args.version, stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
         stage2_batch_size=args.stage2_batch_size, lr=args.lr, lr_final=args.lr_final, patch_size=tuple(args.patch_size),
-        lesion_probability=args.lesion_probability, pos_weight=args.pos_weight, preprocessing=preprocessing,
+        lesion_probability=args.lesion_probability, pos_weight=args.pos_weight, flip=args.flip, preprocessing=preprocessing,
         allow_non_ct=args.allow_non_ct, seed=args.seed, val_fraction=val_fraction,
         val_patients=tuple(args.val_patients or ()), label_values=tuple(args.label_values),
         device=args.device, num_threads=args.threads, notes=args.notes,
@@ -508,10 +543,14 @@ def run_lowres(args: argparse.Namespace) -> int:
     """Train as the options say; print the model card's path and the validation figures."""
     from ..modelcard import ModelCard
     from .cli import cases_from_args, recorded_command
+    from .lowres_lopo import train_lowres_lopo
 
     cases = cases_from_args(args)
+    if args.leave_one_patient_out and args.val_fraction is not None:
+        raise LiteSegError("--leave-one-patient-out holds out each patient in turn: do not give --val-fraction")
     val_fraction = args.val_fraction if args.val_fraction is not None else (0.0 if args.dataset is None else 0.3)
-    card_path = train_lowres(lowres_config(args, val_fraction), cases, recorded_command(), progress_bar=True, resume=args.resume)
+    train = train_lowres_lopo if args.leave_one_patient_out else train_lowres
+    card_path = train(lowres_config(args, val_fraction), cases, recorded_command(), progress_bar=True, resume=args.resume)
     card = ModelCard.read(card_path)
     validation = card.data["validation"]
     where = "on the training cases" if validation["on_training_cases"] else f"on {len(validation['cases'])} held-out cases"
@@ -519,4 +558,9 @@ def run_lowres(args: argparse.Namespace) -> int:
     print(f"validation {where}: object Dice {_fmt(validation['mean_object_dice'])}, "
           f"average recall {_fmt(validation['mean_average_recall'])}, Dice {_fmt(validation['mean_dice'])} "
           f"(last epoch weights: {card.weights_path})")
+    lopo = card.data.get("leave_one_patient_out")
+    if lopo:
+        print(f"leave-one-patient-out ({lopo['patients']} folds, {lopo['objects']} objects in {lopo['scans']} scans): "
+              f"average recall {_fmt(lopo['pooled_average_recall'])}, object Dice {_fmt(lopo['pooled_object_dice'])}, "
+              f"objects hit {lopo['objects_hit']}, FROC in {lopo['froc_csv']} and {lopo['froc_png']}")
     return 0

@@ -16,6 +16,7 @@ Placement along each axis of n voxels with a patch of p: the patch start lies in
 puts its centre (index p // 2) on a lesion voxel drawn uniformly among all lesion voxels of the
 volume, clamped to that range, so the voxel is always inside the patch; otherwise the start is
 uniform over the range. Every random choice uses the given seeded `torch.Generator`.
+`random_flips` mirrors patches along the in-plane axes (an optional augmentation).
 """
 
 from __future__ import annotations
@@ -158,3 +159,16 @@ def sample_batch(
         labels.append(patch.label)
         centred += patch.on_lesion
     return torch.stack(images), torch.stack(labels), centred
+
+
+def random_flips(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch of a batch (B, 1, D, H, W) and its label mirrored along H (rows, P) and W
+    (columns, L), each with probability 0.5 (slices are never mirrored)."""
+    flips = torch.rand((images.shape[0], 2), generator=generator) < 0.5
+    images, labels = images.clone(), labels.clone()
+    for b, (rows, columns) in enumerate(flips.tolist()):
+        dims = [d for d, flip in ((2, rows), (3, columns)) if flip]
+        if dims:
+            images[b] = images[b].flip(dims)
+            labels[b] = labels[b].flip(dims)
+    return images, labels
