@@ -250,6 +250,47 @@ def _to_image_box(box: Box, orientation: SliceOrientation, canonical_shape: Sequ
     return Box(tuple(start), tuple(stop))
 
 
+def make_detection(index: int, image: sitk.Image, orientation: SliceOrientation, canonical_shape: Sequence[int],
+                   box: Box, mask: np.ndarray, peak_logit: float) -> Detection:
+    """A `Detection` of `image` from a canonical-order box, the object's voxels in it and its
+    highest logit."""
+    array_spacing = np.array(image.GetSpacing()[::-1])
+    image_box = _to_image_box(box, orientation, canonical_shape)
+    image_mask = np.ascontiguousarray(orientation.from_canonical(mask))
+    centroid = np.asarray(image_box.start) + np.argwhere(image_mask).mean(axis=0)
+    centre = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid[::-1]])
+    return Detection(
+        index=index,
+        box=image_box,
+        centre=tuple(float(v) for v in centre),  # type: ignore[arg-type]
+        size_mm=tuple(float(v) for v in np.asarray(image_box.shape) * array_spacing),  # type: ignore[arg-type]
+        volume_ml=int(np.count_nonzero(mask)) * float(np.prod(array_spacing)) / 1000.0,
+        max_probability=0.5 * (1.0 + math.tanh(peak_logit / 2.0)),
+        mask=image_mask,
+    )
+
+
+def labelmap_image(foreground: np.ndarray, orientation: SliceOrientation, like: sitk.Image) -> sitk.Image:
+    """A uint8 0/1 image of a canonical-order mask on the grid of `like`."""
+    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground), dtype=np.uint8))
+    labelmap.CopyInformation(like)
+    return labelmap
+
+
+def canonical_input(image: sitk.Image, preprocessing: DetectionPreprocessing, allow_non_ct: bool,
+                    multiple: int = 8) -> tuple[SliceOrientation, tuple[int, int, int], np.ndarray]:
+    """Check `image` and return its orientation, its canonical shape and the normalised canonical
+    volume zero-padded at the far ends to a multiple of `multiple` (float32)."""
+    image = as_3d(image)
+    check_volume(image)
+    preprocessing.check(image, allow_non_ct)
+    orientation = slice_orientation(image)
+    volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
+    padded = np.zeros(tuple(-(-n // multiple) * multiple for n in volume.shape), dtype=np.float32)
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = preprocessing.normalize(volume)
+    return orientation, volume.shape, padded
+
+
 def _object_mask(labels: np.ndarray, core: np.ndarray) -> np.ndarray:
     """Voxels of the 26-connected components of `labels` (a box of the final map) that touch
     `core` (the box's own stage-1 cells), so that a neighbour reaching into the margin is not
@@ -291,13 +332,7 @@ def detect_image(
     times: dict[str, float] = {}
     started = time.perf_counter()
     image = as_3d(image)
-    check_volume(image)
-    preprocessing.check(image, allow_non_ct)
-    orientation = slice_orientation(image)
-    volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
-    shape = volume.shape
-    padded = np.zeros(tuple(-(-n // 8) * 8 for n in shape), dtype=np.float32)
-    padded[: shape[0], : shape[1], : shape[2]] = preprocessing.normalize(volume)
+    orientation, shape, padded = canonical_input(image, preprocessing, allow_non_ct)
     times["preprocess"] = time.perf_counter() - started
 
     def stage_progress(low: float, high: float) -> Optional[ProgressCallback]:
@@ -336,33 +371,15 @@ def detect_image(
 
     started = time.perf_counter()
     foreground = logit_map > np.float32(logit_threshold)
-    array_spacing = np.array(image.GetSpacing()[::-1])
-    voxel_ml = float(np.prod(array_spacing)) / 1000.0
     detections = []
     for component, box in zip(components, boxes):
         own = labels8[component.box.slices()] == component.label
         core = own.repeat(8, 0).repeat(8, 1).repeat(8, 2)[tuple(slice(0, n) for n in box.shape)]
         mask = _object_mask(foreground[box.slices()], core)
-        if not mask.any():
-            continue
-        image_box = _to_image_box(box, orientation, shape)
-        image_mask = np.ascontiguousarray(orientation.from_canonical(mask))
-        centroid = np.asarray(image_box.start) + np.argwhere(image_mask).mean(axis=0)
-        centre = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid[::-1]])
-        peak = float(np.max(logit_map[box.slices()][mask]))
-        detections.append(
-            Detection(
-                index=len(detections) + 1,
-                box=image_box,
-                centre=tuple(float(v) for v in centre),  # type: ignore[arg-type]
-                size_mm=tuple(float(v) for v in np.asarray(image_box.shape) * array_spacing),  # type: ignore[arg-type]
-                volume_ml=int(np.count_nonzero(mask)) * voxel_ml,
-                max_probability=0.5 * (1.0 + math.tanh(peak / 2.0)),
-                mask=image_mask,
-            )
-        )
-    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground), dtype=np.uint8))
-    labelmap.CopyInformation(image)
+        if mask.any():
+            peak = float(np.max(logit_map[box.slices()][mask]))
+            detections.append(make_detection(len(detections) + 1, image, orientation, shape, box, mask, peak))
+    labelmap = labelmap_image(foreground, orientation, image)
     times["postprocess"] = time.perf_counter() - started
     if progress is not None:
         progress(1.0, f"{len(detections)} detection(s)")

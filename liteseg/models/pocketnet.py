@@ -52,6 +52,7 @@ class PocketNet(nn.Module):
     slabs, and its 3D counts (5,470,850 / 150,066) need 2x2 transposed convolutions, so pooling
     and upsampling act in-plane only: (1, 2, 2) on (D, H, W); H and W multiples of 16, any D.
     PyTorch's default initialisation is used (the paper draws weights from a standard normal).
+    `scale` overrides the pooling/upsampling factor, e.g. (2, 2, 2) for an isotropic 3D U-Net.
     """
 
     def __init__(
@@ -63,13 +64,15 @@ class PocketNet(nn.Module):
         out_channels: int = 2,
         filters: int = 16,
         depth: int = 4,
+        scale: int | tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
         self.out_channels = out_channels
         widths = [filters if constant_width else filters * 2**i for i in range(depth + 1)]
-        scale = 2 if spatial_dims == 2 else (1, 2, 2)
+        if scale is None:
+            scale = 2 if spatial_dims == 2 else (1, 2, 2)
         pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
         up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
         self.pool = pool(scale)
