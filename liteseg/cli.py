@@ -101,6 +101,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
+    if args.froc:
+        from .detection_evaluation import evaluate_detections, format_detection_table
+        from .froc import plot_froc, write_froc_csv
+
+        cases, dices, curve = evaluate_detections(args.prediction, args.reference, ref_labels=args.label_values)
+        print(format_detection_table(cases, dices, curve))
+        for path in (write_froc_csv(curve, args.froc.with_name(args.froc.name + ".csv")),
+                     plot_froc(curve, args.froc.with_name(args.froc.name + ".png"))):
+            print(f"wrote {path}")
     return 0
 
 
@@ -151,6 +160,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_detection(args: argparse.Namespace) -> int:
+    from .detection_benchmark import run_detection_bench
+    from .training.datasets import cases_from_pairs_csv
+
+    run_detection_bench(args.lopo_dir, cases_from_pairs_csv(args.dataset), args.unet_steps, args.unet_batch_size,
+                        args.repeat_slices)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liteseg", description="Fast CPU segmentation with very small networks.")
     parser.add_argument("--version", action="version", version=f"liteseg {__version__}")
@@ -195,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("reference", type=Path, help="reference labelmap file or folder (matched by file name)")
     evaluate.add_argument("--label-values", type=int, nargs="+", default=None, help="reference values counted as foreground (default: nonzero)")
     evaluate.add_argument("--csv", type=Path, default=None, help="write the per-case metrics to this CSV")
+    evaluate.add_argument("--froc", type=Path, default=None, metavar="PREFIX",
+                          help="detections too (each prediction's liteseg detect CSV beside it): object Dice, average "
+                          "recall over 0-5 false positives per scan, FROC curve written to PREFIX.csv and PREFIX.png")
     evaluate.set_defaults(run=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="CPU timing of the networks (MoNet paper Table 2) and of the whole job")
@@ -204,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (default 3)")
     bench.add_argument("--no-end-to-end", action="store_true", help="skip the 512x512x150 CT job")
     bench.set_defaults(run=cmd_bench)
+
+    bench_detection = commands.add_parser(
+        "bench-detection", help="LowRes against a 3D U-Net sliding window on the held-out folds of a "
+        "leave-one-patient-out run: seconds, average recall, object Dice (LowRes paper Table 1)")
+    bench_detection.add_argument("lopo_dir", type=Path, metavar="DIR",
+                                 help="output of liteseg train --method lowres --leave-one-patient-out")
+    bench_detection.add_argument("dataset", type=Path, metavar="DATASET", help="the CSV (image,label,patient) it was trained on")
+    bench_detection.add_argument("--unet-steps", type=int, default=250, metavar="N",
+                                 help="training batches of each fold's 3D U-Net when DIR/unet3d/PATIENT.pt is missing (default 250)")
+    bench_detection.add_argument("--unet-batch-size", type=int, default=4, metavar="N", help="patches per 3D U-Net batch (default 4)")
+    bench_detection.add_argument("--repeat-slices", type=int, default=8, metavar="N",
+                                 help="large-volume timing: the first case repeated N times along the slices (default 8)")
+    bench_detection.set_defaults(run=cmd_bench_detection)
 
     demo = commands.add_parser("demo", help="segment the sample CT with the bundled weights, print Dice and time")
     demo.add_argument("--output-dir", type=Path, default=Path("liteseg-demo"))

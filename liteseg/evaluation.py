@@ -28,7 +28,7 @@ class CaseMetrics:
     ref_voxels: int
 
 
-def _read_mask(path: Path, what: str) -> sitk.Image:
+def read_mask(path: Path, what: str) -> sitk.Image:
     """Read a scalar label image (one-line LiteSegErrors for missing, unreadable or vector files)."""
     if not path.is_file():
         raise LiteSegError(f"{what} file not found: {path}")
@@ -57,8 +57,8 @@ def evaluate_case(
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     if ref_labels is not None and len(ref_labels) == 0:
         raise LiteSegError("ref_labels is empty; give at least one label or None for nonzero")
-    pred_image = _read_mask(pred_path, "prediction")
-    ref_image = _read_mask(ref_path, "reference")
+    pred_image = read_mask(pred_path, "prediction")
+    ref_image = read_mask(ref_path, "reference")
     name = case_name(pred_path)
     check_same_grid(pred_image, ref_image, f"case {name}: prediction and reference")
     pred = sitk.GetArrayViewFromImage(pred_image) != 0
@@ -85,10 +85,9 @@ def _images_by_case(folder: Path) -> dict[str, Path]:
     return cases
 
 
-def evaluate_paths(
-    pred: Path, ref: Path, ref_labels: Sequence[int] | None = None
-) -> list[CaseMetrics]:
-    """Evaluate one file against one file, or every prediction in a folder against a folder.
+def paired_paths(pred: Path, ref: Path) -> list[tuple[Path, Path]]:
+    """(prediction, reference) files: one file and one file, or every prediction in a folder and
+    the reference of the same case name in another folder.
 
     In folders, cases are matched by file name without the image extension (.nii.gz, .nii,
     .nrrd, .mha, .mhd); every prediction needs a reference, extra references are ignored.
@@ -98,7 +97,7 @@ def evaluate_paths(
         if not path.exists():
             raise LiteSegError(f"{what} path not found: {path}")
     if pred.is_file() and ref.is_file():
-        return [evaluate_case(pred, ref, ref_labels)]
+        return [(pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
         raise LiteSegError(f"prediction and reference must both be files or both folders: {pred}, {ref}")
     preds = _images_by_case(pred)
@@ -108,7 +107,15 @@ def evaluate_paths(
     unmatched = sorted(name for name in preds if name not in refs)
     if unmatched:
         raise LiteSegError(f"no reference in {ref} for predictions: {', '.join(unmatched)}")
-    return [evaluate_case(preds[name], refs[name], ref_labels) for name in sorted(preds)]
+    return [(preds[name], refs[name]) for name in sorted(preds)]
+
+
+def evaluate_paths(
+    pred: Path, ref: Path, ref_labels: Sequence[int] | None = None
+) -> list[CaseMetrics]:
+    """Dice and HD95 of one file against one file, or of every prediction in a folder against
+    the folder of references (`paired_paths`)."""
+    return [evaluate_case(p, r, ref_labels) for p, r in paired_paths(pred, ref)]
 
 
 def _mean(values: Sequence[float]) -> float:

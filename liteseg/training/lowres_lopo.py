@@ -19,7 +19,7 @@ from ..errors import LiteSegError
 from ..froc import froc_curve, plot_froc, write_froc_csv
 from ..modelcard import ModelCard, write_card
 from .datasets import Case
-from .lowres_trainer import HeldOutScores, LowResTrainConfig, score_detection, train_lowres
+from .lowres_trainer import HeldOutScores, LowResTrainConfig, lowres_detector, score_detection, train_lowres
 from .trainer import CHECKPOINT_NAME
 
 FOLDS_DIR = "folds"
@@ -48,7 +48,7 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
     for patient, fold in fold_configs(config, cases):
         card_path = train_lowres(fold, cases, command, progress_bar, _resumable(fold, resume))
         network, _ = load_detector(ModelCard.read(card_path))
-        scores = score_detection(network, [c for c in cases if c.patient == patient], fold)
+        scores = score_detection([c for c in cases if c.patient == patient], fold, lowres_detector(network, fold))
         pooled.add(scores)
         folds.append({"held_out_patient": patient, "card": str(card_path.relative_to(config.output)),
                       **scores.summary(), "cases": scores.cases})

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..detection import DetectionPreprocessing, detect_image
+from ..detection import DetectionPreprocessing, DetectionResult, detect_image
 from ..errors import LiteSegError
 from ..froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
 from ..imageio import as_3d, check_volume, read_image
@@ -68,6 +68,8 @@ NETWORK = "lowres"
 # Options that may differ when resuming (stage1_epochs only while stage 2 has not started; a
 # changed epoch count moves the lr drop of the epochs not yet run).
 RESUMABLE_CHANGES = ("stage1_epochs", "stage2_epochs", "notes", "num_threads", "output")
+
+Detector = Callable[[sitk.Image], DetectionResult]
 
 # A lesion in Slicer's terminology (SNOMED CT).
 LESION_LABEL = {
@@ -258,14 +260,18 @@ class HeldOutScores:
         }
 
 
-def score_detection(network: LowResNet, cases: Sequence[Case], config: LowResTrainConfig, refine: bool = True) -> HeldOutScores:
-    """Run `detect_image` (the inference path; `refine` False: stage 1 only) on every case and
-    match it to the reference."""
+def lowres_detector(network: LowResNet, config: LowResTrainConfig, refine: bool = True) -> Detector:
+    """`detect_image` with the network and the options of a run (`refine` False: stage 1 only)."""
+    return lambda image: detect_image(image, network, config.preprocessing, threshold=THRESHOLD,
+                                      allow_non_ct=config.allow_non_ct, refine=refine)
+
+
+def score_detection(cases: Sequence[Case], config: LowResTrainConfig, detect: Detector) -> HeldOutScores:
+    """Run `detect` on every case and match its result to the case's reference."""
     scores = HeldOutScores()
     for case in cases:
         image, reference = read_detection_case(case, config)
-        result = detect_image(image, network, config.preprocessing, threshold=THRESHOLD, allow_non_ct=config.allow_non_ct,
-                              refine=refine)
+        result = detect(image)
         gt = sitk.GetArrayViewFromImage(reference)
         pred = sitk.GetArrayViewFromImage(result.labelmap)
         hit = object_dice(pred, gt)
@@ -275,14 +281,15 @@ def score_detection(network: LowResNet, cases: Sequence[Case], config: LowResTra
         scores.object_dices.extend(hit)
         scores.cases.append({"patient": case.patient, "image": case.image.name, "objects": scan.n_objects,
                              "objects_hit": len(hit), "detections": len(result.detections),
-                             "object_dice": float(np.mean(hit)) if hit else None, "dice": dice(pred, gt)})
+                             "object_dice": float(np.mean(hit)) if hit else None, "dice": dice(pred, gt),
+                             "seconds": round(sum(result.seconds.values()), 3)})
     return scores
 
 
 def evaluate_detection(network: LowResNet, cases: Sequence[Case], config: LowResTrainConfig,
                        refine: bool = True) -> tuple[dict, list[dict]]:
-    """`score_detection` of the cases: (its summary, its per-case rows)."""
-    scores = score_detection(network, cases, config, refine)
+    """`score_detection` of the cases with `lowres_detector`: (its summary, its per-case rows)."""
+    scores = score_detection(cases, config, lowres_detector(network, config, refine))
     return scores.summary(), scores.cases
 
 
@@ -444,6 +451,8 @@ def _card(config: LowResTrainConfig, weights: Path, history: Sequence[dict], tra
                 "patches": f"{list(config.patch_size)} voxels (canonical S, P, L), centred on a lesion voxel with "
                 f"probability {config.lesion_probability:g}, else uniform; padded with 0 where the volume is smaller"
                 + ("; mirrored in-plane at random (rows and columns, probability 0.5 each)" if config.flip else ""),
+                "patch_size": list(config.patch_size),
+                "flip": config.flip,
                 "batch_size": config.batch_size,
                 "stage2_batch_size": config.stage2_batch_size or config.batch_size,
                 "iterations_per_epoch": config.iterations_per_epoch,

@@ -1,0 +1,156 @@
+"""LowRes against the 3D U-Net sliding-window baseline, side by side (the LowRes paper's Table 1).
+
+`liteseg bench-detection DIR DATASET` reads a finished `liteseg train --method lowres
+--leave-one-patient-out --output DIR` run. For every fold it times and scores the fold's LowRes
+weights on the held-out patient's cases and does the same for a 3D U-Net (`baseline3d`) trained
+on the same training patients with the same patches and preprocessing (cached in
+`DIR/unet3d/<patient>.pt`, trained when missing). Both are pooled over the folds into one FROC
+each. A last row times both on one larger volume: the first case repeated along the slices.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .detection import DetectionPreprocessing
+from .baseline3d import detect_sliding_window, train_unet3d, unet3d
+from .detection_cli import load_detector
+from .errors import LiteSegError
+from .modelcard import ModelCard
+from .training.datasets import Case
+from .training.lowres_lopo import FOLDS_DIR
+from .training.lowres_trainer import (
+    HeldOutScores,
+    LowResTrainConfig,
+    lowres_detector,
+    read_detection_case,
+    score_detection,
+)
+from .training.patches import canonical_volume
+
+UNET_DIR = "unet3d"
+
+
+@dataclass
+class MethodRow:
+    """One method pooled over the folds."""
+
+    method: str
+    parameters: int
+    seconds_per_scan: float
+    average_recall: Optional[float]
+    object_dice: Optional[float]
+    objects_hit: int
+    objects: int
+    false_positives: int
+
+
+def fold_config(card: ModelCard) -> LowResTrainConfig:
+    """The options of a fold's run, as its model card records them (enough to read and patch its cases)."""
+    return LowResTrainConfig(output=card.path.parent, patch_size=tuple(card.data["training"]["recipe"]["patch_size"]),
+                             preprocessing=DetectionPreprocessing.from_dict(card.data["input"]["preprocessing"]))
+
+
+def baseline_for_fold(config: LowResTrainConfig, train_cases: Sequence[Case], path: Path, steps: int, batch_size: int,
+                      seed: int = 0) -> torch.nn.Module:
+    """A fold's 3D U-Net: loaded from `path`, else trained on `train_cases` with the fold's patch
+    size and preprocessing and saved there."""
+    network = unet3d()
+    if path.is_file():
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return network.eval()
+    volumes = [canonical_volume(*read_detection_case(c, config), config.preprocessing) for c in train_cases]
+    started = time.perf_counter()
+    network = train_unet3d(volumes, steps, batch_size, config.patch_size, seed=seed,
+                           progress=lambda step, loss: print(f"\r  unet3d {path.stem}: step {step}/{steps}, loss {loss:.3f}, "
+                                                             f"{time.perf_counter() - started:.0f} s", end="", flush=True))
+    print()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), path)
+    return network
+
+
+def _row(method: str, network: torch.nn.Module, scores: HeldOutScores) -> MethodRow:
+    summary = scores.summary()
+    return MethodRow(method, sum(p.numel() for p in network.parameters()),
+                     float(np.mean([c["seconds"] for c in scores.cases])), summary["average_recall"], summary["object_dice"],
+                     sum(c["objects_hit"] for c in scores.cases), sum(s.n_objects for s in scores.scans),
+                     sum(not hit for s in scores.scans for hit in s.hits))
+
+
+def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int) -> list[MethodRow]:
+    """LowRes and the 3D U-Net on every fold's held-out cases (see the module docstring)."""
+    folds = sorted(p for p in (Path(lopo_dir) / FOLDS_DIR).iterdir() if p.is_dir()) if (Path(lopo_dir) / FOLDS_DIR).is_dir() else []
+    if not folds:
+        raise LiteSegError(f"no folds in {lopo_dir}/{FOLDS_DIR}: run liteseg train --method lowres --leave-one-patient-out first")
+    lowres, unet = HeldOutScores(), HeldOutScores()
+    networks = {}
+    for folder in folds:
+        card = ModelCard.read(next(folder.glob("*.json")))
+        held_out = [c for c in cases if c.patient == folder.name]
+        if not held_out:
+            raise LiteSegError(f"fold {folder.name}: no case of that patient in the dataset")
+        config = fold_config(card)
+        network, _ = load_detector(card)
+        lowres.add(score_detection(held_out, config, lowres_detector(network, config)))
+        train_cases = [c for c in cases if c.patient != folder.name]
+        baseline = baseline_for_fold(config, train_cases, Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", steps, batch_size)
+        window = config.patch_size
+        unet.add(score_detection(held_out, config,
+                                 lambda image: detect_sliding_window(image, baseline, config.preprocessing, window)))
+        networks = {"lowres": network, "unet3d": baseline}
+        print(f"  fold {folder.name}: LowRes {lowres.cases[-1]['objects_hit']}/{lowres.cases[-1]['objects']} hit, "
+              f"3D U-Net {unet.cases[-1]['objects_hit']}/{unet.cases[-1]['objects']} hit")
+    return [_row("LowRes (two stages)", networks["lowres"], lowres), _row("3D U-Net, sliding window", networks["unet3d"], unet)]
+
+
+def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[int, ...], float, float]:
+    """(size, LowRes seconds, 3D U-Net seconds) on `case` repeated `repeats` times along the slices,
+    with the first fold's weights (timing only)."""
+    folder = sorted((Path(lopo_dir) / FOLDS_DIR).iterdir())[0]
+    card = ModelCard.read(next(folder.glob("*.json")))
+    config = fold_config(card)
+    image, _ = read_detection_case(case, config)
+    array = np.concatenate([sitk.GetArrayFromImage(image)] * repeats, axis=0)
+    large = sitk.GetImageFromArray(array)
+    large.SetSpacing(image.GetSpacing())
+    network, _ = load_detector(card)
+    baseline = unet3d()
+    baseline.load_state_dict(torch.load(Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", weights_only=True))
+    started = time.perf_counter()
+    lowres_detector(network, config)(large)
+    lowres_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    detect_sliding_window(large, baseline.eval(), config.preprocessing, config.patch_size)
+    return large.GetSize(), lowres_seconds, time.perf_counter() - started
+
+
+def format_comparison(rows: Sequence[MethodRow], large: tuple[tuple[int, ...], float, float], threads: int) -> str:
+    """The side-by-side table."""
+    size, lowres_s, unet_s = large
+    lines = [f"{'method':<26} {'parameters':>10} {'s/scan':>7} {'s ' + 'x'.join(map(str, size)):>16} "
+             f"{'avg recall':>10} {'object Dice':>11} {'hit':>6} {'FP':>4}"]
+    for row, seconds in zip(rows, (lowres_s, unet_s)):
+        recall = "-" if row.average_recall is None else f"{row.average_recall:.3f}"
+        dice = "-" if row.object_dice is None else f"{row.object_dice:.3f}"
+        lines.append(f"{row.method:<26} {row.parameters:>10,} {row.seconds_per_scan:>7.2f} {seconds:>16.2f} "
+                     f"{recall:>10} {dice:>11} {f'{row.objects_hit}/{row.objects}':>6} {row.false_positives:>4}")
+    lines.append(f"torch threads {threads}; s/scan: mean over the held-out scans (read excluded); "
+                 f"speed ratio on the large volume: {unet_s / lowres_s:.1f}x")
+    return "\n".join(lines)
+
+
+def run_detection_bench(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int, repeats: int) -> str:
+    """Compare, print and return the table."""
+    rows = compare_lopo(lopo_dir, cases, steps, batch_size)
+    table = format_comparison(rows, time_large_volume(lopo_dir, cases[0], repeats), torch.get_num_threads())
+    print(table)
+    return table
+
