@@ -58,9 +58,10 @@ class LowResDetect(ScriptedLoadableModule):
             "network: stage 1 finds boxes at 1/8 resolution, stage 2 refines each box at full resolution. "
             "Outputs a segmentation with one segment per object ('Lesion 1', 'Lesion 2', ..., SNOMED CT "
             "lesion terminology), a table with one row per object and one ROI per object; click a table row "
-            "to centre the slice views on it. No trained LowRes model is bundled yet: choose a LowRes model "
-            "card (.json). From Python: <code>LowResDetect.LowResDetectLogic().process(volumeNode, "
-            "model='card.json')</code>."
+            "to centre the slice views on it. The bundled model is a demonstration: trained on six DeepLesion "
+            "CT slabs (grey levels 0-255, not HU) of five patients; its model card gives its limits. Choose a "
+            "LowRes model card (.json) for your own weights. From Python: <code>LowResDetect.LowResDetectLogic()"
+            ".process(volumeNode)</code>."
         )
         self.parent.acknowledgementText = _(
             "LowRes: Zakazov et al., a two-stage 3D network for fast CPU segmentation. Engine and module: LiteSeg."
@@ -78,7 +79,7 @@ class LowResDetectParameterNode:
     that widget's SlicerParameterName property.
 
     inputVolume - the volume to search.
-    modelCard - LowRes model card (.json); empty: the bundled LowRes model (none yet).
+    modelCard - LowRes model card (.json); empty: the bundled LowRes model.
     threshold - probability threshold of stage 1 and of the refined map.
     margin - box margin in low-resolution (x8) voxels.
     outputSegmentation - where to write the segments; none creates a new segmentation.
@@ -131,7 +132,7 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 names=", ".join(m.label for m in bundled)
             )
             if bundled
-            else _("LowRes model card (.json). No trained LowRes model is bundled yet: a card is required.")
+            else _("LowRes model card (.json). No LowRes model is bundled: a card is required.")
         )
 
         self.initializeParameterNode()
@@ -194,7 +195,7 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.detectButton.toolTip = _("Select an input volume")
             self.ui.detectButton.enabled = False
         elif self._modelChoice() is None and not availableDetectorModels():
-            self.ui.detectButton.toolTip = _("Select a LowRes model card (no LowRes model is bundled yet)")
+            self.ui.detectButton.toolTip = _("Select a LowRes model card (no LowRes model is bundled)")
             self.ui.detectButton.enabled = False
         else:
             self.ui.detectButton.toolTip = _("Detect objects in the input volume")
@@ -292,9 +293,9 @@ class LowResDetectLogic(ScriptedLoadableModuleLogic, DetectionLogic):
 
 
 class LowResDetectTest(ScriptedLoadableModuleTest):
-    """Self-test on synthetic volumes built offline, with a hand-set LowRes model card written to
-    a temporary folder (no trained LowRes weights are bundled yet). The test body is in
-    LowResDetectLib.selftest, which pytest also runs."""
+    """Self-tests: synthetic volumes built offline with a hand-set LowRes model card written to a
+    temporary folder (known output), then a real DeepLesion slab from the data folder with the
+    bundled model. The test bodies are in LowResDetectLib.selftest, which pytest also runs."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -302,6 +303,8 @@ class LowResDetectTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_DetectionsAreExact()
+        self.setUp()
+        self.test_BundledModelOnRealSlab()
 
     def test_DetectionsAreExact(self):
         from LowResDetectLib import selftest
@@ -309,4 +312,16 @@ class LowResDetectTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Synthetic lesions in four geometries, hand-set LowRes network")
         counts = selftest.runGeometrySelfTest(slicer.mrmlScene, log=logging.info)
         self.assertEqual(len(counts), len(selftest.GEOMETRIES))
+        self.delayDisplay("Test passed")
+
+    def test_BundledModelOnRealSlab(self):
+        from LowResDetectLib import selftest
+        from liteseg.data import data_root
+
+        if not (data_root() / selftest.REAL_SLAB).is_file():
+            logging.warning(f"LowResDetect self-test: no DeepLesion slab in {data_root()} (set LITESEG_DATA); skipped")
+            return
+        self.delayDisplay("DeepLesion CT slab, bundled LowRes model")
+        dice = selftest.runBundledModelSelfTest(slicer.mrmlScene, slicer.modules.volumes.logic(), data_root(), log=logging.info)
+        self.assertGreater(dice, 0.5)
         self.delayDisplay("Test passed")

@@ -52,7 +52,7 @@ def find_lowres_card(model: str | Path | None) -> ModelCard:
     if model is None:
         cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK]
         if not cards:
-            raise WeightsError("no LowRes model is bundled yet: give a model card with --model CARD.json")
+            raise WeightsError("no LowRes model is bundled: give a model card with --model CARD.json")
         if len(cards) > 1:
             raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)}): choose one with --model")
         return cards[0]

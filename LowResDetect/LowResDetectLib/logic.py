@@ -12,8 +12,8 @@ class with Slicer's `ScriptedLoadableModuleLogic` (parameter node) mixed in:
         print(row)
     logic.jumpToDetection(table, 0)               # centre the slice views on the first object
 
-No LowRes weights are bundled yet: `model` must be a LowRes model card (.json path) until they
-are (`model=None` then raises a ValueError saying so).
+`model=None` uses the only bundled LowRes model (demonstration weights, see its card); without
+one it raises a ValueError asking for a model card (.json path).
 
 Nothing here imports torch, SimpleITK or the engine's detection before `process` (or
 `loadDetector`) runs, so the module loads in a Slicer without torch and asks to install it first.
@@ -121,7 +121,7 @@ class DetectionLogic:
             user's other segments kept. A new or empty segmentation gets the volume as reference
             geometry and is put under the volume's study in the subject hierarchy.
         :param model: LowRes model card path (.json) or bundled LowRes model name; None: the only
-            bundled LowRes model (none is bundled yet: give a card path).
+            bundled LowRes model.
         :param threshold: probability threshold in (0, 1) of stage 1 and of the final map; None
             uses the model card's (else 0.5).
         :param margin: box margin in low-resolution (x8) voxels, a whole number >= 0.

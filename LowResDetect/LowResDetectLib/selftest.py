@@ -1,8 +1,8 @@
 """The module's self-test body, without Qt: it needs a scene only, so it runs in Slicer
 (LowResDetectTest) and from pytest on slicer-core alike. Everything is built offline.
 
-No trained LowRes weights are bundled yet, so the self-test does not use a trained model: it
-writes, in a temporary folder, a model card whose weights are a real `LowResNet` set by hand
+The geometry self-test does not use the trained model (its output on synthetic volumes is not
+known exactly): it writes, in a temporary folder, a model card whose weights are a real `LowResNet` set by hand
 (`brightObjectNetwork`) so that its output is known: stage 1 flags the x8 cells where a
 2-4-8 average/max pooling of the normalised input exceeds `STAGE1_CUT`, and stage 2 returns
 20 * (input - 0.5), so each refined object is exactly the voxels above the middle of the
@@ -16,6 +16,8 @@ window inside its box. The card goes through the engine's real loading path (che
   ROI is the detection's box in physical space; names, terminology, reference geometry and the
   subject hierarchy place are checked too. Then a volume without lesion: no detection, empty
   outputs, a status that says so.
+- `runBundledModelSelfTest`: a real DeepLesion slab from the data folder through Slicer's reader
+  and the bundled LowRes model: outputs equal the engine's detections, the lesion is found.
 
 Every check raises AssertionError with the numbers when it fails.
 """
@@ -51,6 +53,9 @@ Log = Callable[[str], None]
 WINDOW = (0.0, 400.0)  # HU window of the self-test card: soft tissue 40 HU -> 0.1, lesions 300 HU -> 0.75
 LESION_HU = 300
 STAGE1_CUT = 0.25
+# A real DeepLesion slab and its lesion mask (relative to the data folder, $LITESEG_DATA).
+REAL_SLAB = "ct/lesions_DeepLesion/CT_Lesion_000001_02_01_008-023_img_uint8.nii.gz"
+REAL_LESION = "ct/lesions_DeepLesion/CT_Lesion_000001_02_01_008-023_lesion.nii.gz"
 LESION_TERMINOLOGY = ("SCT^49755003^Morphologically Altered Structure", "SCT^52988006^Lesion")
 # Two lesions (LPS centre offset from the volume centre, mm; radius, mm), far enough apart to stay
 # two detections with the default margin.
@@ -114,7 +119,7 @@ def writeDetectorCard(folder, window=WINDOW, stage1Cut: float = STAGE1_CUT, name
         "name": name,
         "version": "selftest",
         "network": "lowres",
-        "description": "Hand-set LowRes weights with a known output, for tests only (no trained LowRes model is bundled yet).",
+        "description": "Hand-set LowRes weights with a known output, for tests only.",
         "weights": weights.name,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "input": {"preprocessing": {"kind": "hu_window", "window": list(window)}},
@@ -274,6 +279,40 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None, folder=None) -
         _check(logic.lastStatus.startswith("No object found"), f"status {logic.lastStatus!r}")
         log(f"no lesion: {logic.lastStatus}")
     return counts
+
+
+def runBundledModelSelfTest(scene, volumesLogic, dataRoot: Path, log: Log = print) -> float:
+    """A real DeepLesion slab (grey levels 0-255, as the bundled model expects) through Slicer's
+    reader and the bundled LowRes model: table, segments and ROIs equal the engine's detections
+    on the same file, and the annotated lesion is found. The slab is one of the model's training
+    cases (the card gives the held-out figures). Returns the found lesion's Dice."""
+    from liteseg.detection import detect_image
+    from liteseg.detection_cli import find_lowres_card, load_detector
+    from liteseg.froc import object_dice
+
+    slabPath, lesionPath = Path(dataRoot) / REAL_SLAB, Path(dataRoot) / REAL_LESION
+    volume = volumesLogic.AddArchetypeVolume(str(slabPath), "Self-test DeepLesion slab")
+    _check(volume is not None, f"Slicer could not read {slabPath}")
+    logic = DetectionLogic()
+    segmentationNode, tableNode, rois = logic.process(volume)
+    card = find_lowres_card(None)
+    _check(logic.lastModel.path == card.path, f"the logic used {logic.lastModel.path}, the bundled card is {card.path}")
+    image = sitk.ReadImage(str(slabPath))
+    network, preprocessing = load_detector(card)
+    expected = detect_image(image, network, preprocessing, threshold=float(card.data["output"]["threshold"])).detections
+    _check(expected, "the bundled model finds nothing in its own training slab")
+    checkTable(tableNode, expected)
+    checkSegments(segmentationNode, volume, image, expected)
+    _check(len(rois) == len(expected), f"{len(rois)} ROIs for {len(expected)} detections")
+    for roi, d in zip(rois, expected):
+        checkRoi(roi, image, d)
+    found = np.zeros(tuple(reversed(image.GetSize())), np.uint8)
+    for d in expected:
+        found[d.box.slices()] |= d.mask
+    dices = object_dice(found, sitk.GetArrayViewFromImage(sitk.ReadImage(str(lesionPath))) > 0)
+    _check(len(dices) == 1 and dices[0] > 0.5, f"lesion Dice {dices} (one lesion annotated)")
+    log(f"DeepLesion slab: {len(expected)} detection(s), lesion Dice {dices[0]:.3f}, {logic.lastStatus}")
+    return dices[0]
 
 
 class _Keep:

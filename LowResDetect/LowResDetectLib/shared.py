@@ -46,7 +46,7 @@ LOWRES_NETWORK = "lowres"  # liteseg.detection_cli.LOWRES_NETWORK, which imports
 def availableDetectorModels() -> list[ModelInfo]:
     """Bundled LowRes models (model cards whose network is 'lowres'), sorted by name; no torch.
 
-    No LowRes weights are bundled yet: the list is then empty and a model card path is needed.
+    Without bundled LowRes weights the list is empty and a model card path is needed.
     """
     return [
         ModelInfo(card.name, card.version, card.path, str(card.data.get("description") or card.data.get("notes") or ""))

@@ -268,9 +268,9 @@ def test_leave_one_patient_out_trains_each_fold_and_pools_the_held_out_froc(tmp_
         assert [c["patient"] for c in fold_card["training"]["data"]] == [{"p1": "p2", "p2": "p1"}[patient]]
     assert (lopo["patients"], lopo["scans"], lopo["objects"]) == (2, 2, 6)  # three balls per case
     assert lopo["objects_hit"] == sum(c["objects_hit"] for f in lopo["folds"] for c in f["cases"])
-    rows = (output / "lopo_froc.csv").read_text().splitlines()
+    rows = (output / "lowres-tiny_lopo_froc.csv").read_text().splitlines()
     assert rows[0] == "threshold,fp_per_scan,recall" and rows[1] == "inf,0.000000,0.000000"
-    assert (output / "lopo_froc.png").stat().st_size > 0
+    assert (output / "lowres-tiny_lopo_froc.png").stat().st_size > 0
     assert "mirrored in-plane" in data["training"]["recipe"]["patches"]
 
     # a finished run resumes without training again (same weights), an unfinished one is refused without --resume

@@ -69,6 +69,38 @@ def bundled_model():
     return cards[0]
 
 
+def _required(condition: bool, what: str) -> None:
+    """Skip the test when `what` is missing, except in CI, where it fails."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} missing in CI")
+        pytest.skip(f"{what} not found")
+
+
+@pytest.fixture()
+def bundled_lowres_model():
+    """The bundled LowRes model's card (skipped when none is bundled, except in CI)."""
+    from liteseg.detection_cli import LOWRES_NETWORK
+    from liteseg.modelcard import bundled_cards
+
+    cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK and card.weights_path.is_file()]
+    _required(len(cards) == 1, "one bundled LowRes model in Resources/Models")
+    return cards[0]
+
+
+@pytest.fixture()
+def deeplesion_root() -> Path:
+    """The shared real-data folder holding the DeepLesion slab of LowResDetect's self-test."""
+    from liteseg.data import data_root as root
+
+    if str(ROOT / "LowResDetect") not in sys.path:
+        sys.path.insert(0, str(ROOT / "LowResDetect"))
+    from LowResDetectLib.selftest import REAL_SLAB
+
+    _required((root() / REAL_SLAB).is_file(), f"real data {root() / REAL_SLAB} (set LITESEG_DATA)")
+    return root()
+
+
 @pytest.fixture()
 def random_monet_card(tmp_path):
     """A model card with an untrained MoNet (real weights file, checksum), in tmp_path/models."""

@@ -3,8 +3,8 @@ engine's detections, in physical space, for oblique and left-handed volumes read
 reader; no detection gives empty outputs and a status; errors are clear ValueErrors.
 
 The model is a LowRes model card written to a temporary folder with hand-set weights whose
-output is known (LowResDetectLib.selftest.brightObjectNetwork): no trained LowRes weights are
-bundled yet.
+output is known (LowResDetectLib.selftest.brightObjectNetwork), not the bundled demonstration
+weights (their output on synthetic volumes is not known exactly).
 """
 
 import sys
@@ -211,7 +211,7 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="margin must be a whole number"):
             logic.process(volume, model=card, margin=margin)
     monkeypatch.setenv("LITESEG_MODELS", str(tmp_path))  # no bundled LowRes model
-    with pytest.raises(ValueError, match=r"no LowRes model is bundled yet: give a model card with model='CARD.json'"):
+    with pytest.raises(ValueError, match=r"no LowRes model is bundled: give a model card with model='CARD.json'"):
         logic.process(volume)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         logic.process(volume, model="nope")

@@ -1,5 +1,5 @@
 """LowResDetect's self-test body (LowResDetectTest in Slicer) run through the same harness: a
-hand-set LowRes model card written on the fly (no trained LowRes weights are bundled yet)."""
+hand-set LowRes model card written on the fly, then the bundled model on a real DeepLesion slab."""
 
 import sys
 
@@ -9,7 +9,7 @@ from slicer_harness import SLICER_MISSING
 
 slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
-from slicer_fixtures import ROOT, core  # noqa: E402,F401  (pytest fixtures)
+from slicer_fixtures import ROOT, bundled_lowres_model, core, deeplesion_root  # noqa: E402,F401  (pytest fixtures)
 
 if str(ROOT / "LowResDetect") not in sys.path:
     sys.path.insert(0, str(ROOT / "LowResDetect"))
@@ -21,6 +21,11 @@ def test_self_test_on_synthetic_lesions(core, tmp_path):
     counts = selftest.runGeometrySelfTest(core.scene, log=lambda message: None, folder=tmp_path)
     assert counts == {name: len(selftest.LESIONS) for name in selftest.GEOMETRIES}
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".pt"]
+
+
+def test_self_test_bundled_model_on_a_real_slab(core, bundled_lowres_model, deeplesion_root):
+    dice = selftest.runBundledModelSelfTest(core.scene, core.volumesLogic, deeplesion_root, log=print)
+    assert dice > 0.5
 
 
 def test_the_hand_set_network_is_the_documented_one():

@@ -3,7 +3,7 @@
 One fold per patient, trained in `<output>/folds/<patient>/` with that patient held out, then
 the final weights trained on every patient in `<output>/`. Each fold's weights detect on its
 held-out cases (`score_detection`, the inference path); those detections are pooled into one
-FROC curve (`<output>/lopo_froc.csv`, `.png`) and summarised in the final model card under
+FROC curve (`<output>/<name>_lopo_froc.csv`, `.png`) and summarised in the final model card under
 `leave_one_patient_out`. Every run resumes from its own checkpoint with `resume`.
 """
 
@@ -23,7 +23,7 @@ from .lowres_trainer import HeldOutScores, LowResTrainConfig, lowres_detector, s
 from .trainer import CHECKPOINT_NAME
 
 FOLDS_DIR = "folds"
-FROC_NAME = "lopo_froc"
+FROC_SUFFIX = "_lopo_froc"  # after the model name: the files can sit beside the card in Resources/Models
 
 
 def fold_configs(config: LowResTrainConfig, cases: Sequence[Case]) -> list[tuple[str, LowResTrainConfig]]:
@@ -57,8 +57,8 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
     card_path = train_lowres(final, cases, command, progress_bar, _resumable(final, resume))
     curve = froc_curve(pooled.scans)
     output = Path(config.output)
-    froc_csv = write_froc_csv(curve, output / f"{FROC_NAME}.csv")
-    froc_png = plot_froc(curve, output / f"{FROC_NAME}.png")
+    froc_csv = write_froc_csv(curve, output / f"{config.name}{FROC_SUFFIX}.csv")
+    froc_png = plot_froc(curve, output / f"{config.name}{FROC_SUFFIX}.png")
     data = json.loads(card_path.read_text())
     data["leave_one_patient_out"] = {
         "method": "one fold per patient, trained with the same options on the other patients; the fold's last-epoch "
