@@ -5,7 +5,7 @@
 weights on the held-out patient's cases and does the same for a 3D U-Net (`baseline3d`) trained
 on the same training patients with the same patches and preprocessing (cached in
 `DIR/unet3d/<patient>.pt`, trained when missing). Both are pooled over the folds into one FROC
-each. A last row times both on one larger volume: the first case repeated along the slices.
+each. One more column times both on a larger volume: the first case repeated along the slices.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .detection import DetectionPreprocessing
 from .baseline3d import detect_sliding_window, train_unet3d, unet3d
+from .detection import DetectionPreprocessing
 from .detection_cli import load_detector
 from .errors import LiteSegError
 from .modelcard import ModelCard
+from .models.lowres import LowResNet
 from .training.datasets import Case
 from .training.lowres_lopo import FOLDS_DIR
 from .training.lowres_trainer import (
@@ -78,6 +79,7 @@ def baseline_for_fold(config: LowResTrainConfig, train_cases: Sequence[Case], pa
 
 
 def _row(method: str, network: torch.nn.Module, scores: HeldOutScores) -> MethodRow:
+    """The pooled figures of one method (`network`: any instance, for its parameter count)."""
     summary = scores.summary()
     return MethodRow(method, sum(p.numel() for p in network.parameters()),
                      float(np.mean([c["seconds"] for c in scores.cases])), summary["average_recall"], summary["object_dice"],
@@ -91,7 +93,6 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
     if not folds:
         raise LiteSegError(f"no folds in {lopo_dir}/{FOLDS_DIR}: run liteseg train --method lowres --leave-one-patient-out first")
     lowres, unet = HeldOutScores(), HeldOutScores()
-    networks = {}
     for folder in folds:
         card = ModelCard.read(next(folder.glob("*.json")))
         held_out = [c for c in cases if c.patient == folder.name]
@@ -105,10 +106,9 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
         window = config.patch_size
         unet.add(score_detection(held_out, config,
                                  lambda image: detect_sliding_window(image, baseline, config.preprocessing, window)))
-        networks = {"lowres": network, "unet3d": baseline}
         print(f"  fold {folder.name}: LowRes {lowres.cases[-1]['objects_hit']}/{lowres.cases[-1]['objects']} hit, "
               f"3D U-Net {unet.cases[-1]['objects_hit']}/{unet.cases[-1]['objects']} hit")
-    return [_row("LowRes (two stages)", networks["lowres"], lowres), _row("3D U-Net, sliding window", networks["unet3d"], unet)]
+    return [_row("LowRes (two stages)", LowResNet(), lowres), _row("3D U-Net, sliding window", unet3d(), unet)]
 
 
 def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[int, ...], float, float]:
@@ -121,6 +121,7 @@ def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[i
     array = np.concatenate([sitk.GetArrayFromImage(image)] * repeats, axis=0)
     large = sitk.GetImageFromArray(array)
     large.SetSpacing(image.GetSpacing())
+    large.SetDirection(image.GetDirection())
     network, _ = load_detector(card)
     baseline = unet3d()
     baseline.load_state_dict(torch.load(Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", weights_only=True))
