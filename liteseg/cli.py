@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_detection.add_argument("lopo_dir", type=Path, metavar="DIR",
                                  help="output of liteseg train --method lowres --leave-one-patient-out")
     bench_detection.add_argument("dataset", type=Path, metavar="DATASET", help="the CSV (image,label,patient) it was trained on")
-    bench_detection.add_argument("--unet-steps", type=int, default=250, metavar="N",
-                                 help="training batches of each fold's 3D U-Net when DIR/unet3d/PATIENT.pt is missing (default 250)")
+    bench_detection.add_argument("--unet-steps", type=int, default=500, metavar="N",
+                                 help="training batches of each fold's 3D U-Net when DIR/unet3d/PATIENT.pt is missing (default 500)")
     bench_detection.add_argument("--unet-batch-size", type=int, default=4, metavar="N", help="patches per 3D U-Net batch (default 4)")
     bench_detection.add_argument("--repeat-slices", type=int, default=8, metavar="N",
                                  help="large-volume timing: the first case repeated N times along the slices (default 8)")

@@ -95,7 +95,7 @@ def test_training_steps_lower_the_loss_on_a_bright_ball():
     label = ((z - 8) ** 2 + (y - 16) ** 2 + (x - 16) ** 2 <= 25).astype(np.uint8)
     volume = PatchVolume.from_arrays(np.where(label == 1, 0.9, 0.1).astype(np.float32), label)
     losses = []
-    network = train_unet3d([volume], steps=30, batch_size=2, patch_size=(16, 32, 32), lr=0.05,
+    network = train_unet3d([volume], steps=30, batch_size=2, patch_size=(16, 32, 32),
                            progress=lambda step, loss: losses.append(loss))
     assert len(losses) == 30 and not network.training
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
