@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .components import Box, component_boxes, label_components
-from .errors import Cancelled, LiteSegError
+from .errors import Cancelled, InvalidImageError, LiteSegError
 from .geometry import SliceOrientation, slice_orientation
 from .imageio import as_3d, check_ct_intensities, check_volume
 from .models.lowres import LowResFeatures, LowResNet, LowResStage1
@@ -81,7 +81,8 @@ class DetectionPreprocessing:
 
     kind "hu_window": clip to `window` in HU and scale to [0, 1] (LUNA16: [-1000, 300]); the
     input must look like a CT in HU. kind "grey_0_255": grey levels 0-255 (DeepLesion PNG
-    slices) divided by 255 after clipping to [0, 255]; no window and no CT check.
+    slices) divided by 255 after clipping to [0, 255]; the input must lie in [0, 255] (a CT in
+    HU does not). `allow_non_ct` skips either check.
     """
 
     kind: str = "hu_window"
@@ -107,8 +108,19 @@ class DetectionPreprocessing:
 
     def check(self, image: sitk.Image, allow_non_ct: bool = False) -> None:
         """Refuse an image whose intensities cannot be what this preprocessing expects."""
-        if self.kind == "hu_window" and not allow_non_ct:
+        if allow_non_ct:
+            return
+        if self.kind == "hu_window":
             check_ct_intensities(image)
+            return
+        array = sitk.GetArrayViewFromImage(image)
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 255:
+            raise InvalidImageError(
+                f"input intensities {low:g} to {high:g}: this model expects grey levels 0-255 (DeepLesion 8-bit "
+                "slices), not Hounsfield units; rescale the volume to 0-255 or use a model trained on HU "
+                "(use --allow-non-ct to override)"
+            )
 
     def normalize(self, volume: np.ndarray) -> np.ndarray:
         """The volume mapped to [0, 1] as float32."""

@@ -38,7 +38,8 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_VOXELS_STAGE1,
         help=f"largest stage-1 tile in input voxels, bounds memory (default {DEFAULT_MAX_VOXELS_STAGE1})",
     )
-    parser.add_argument("--allow-non-ct", action="store_true", help="skip the check that a HU-window model gets Hounsfield units")
+    parser.add_argument("--allow-non-ct", action="store_true", help="skip the input intensity check (Hounsfield units for a HU-window model, 0-255 for a "
+                        "grey-level model)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 

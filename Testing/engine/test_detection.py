@@ -110,6 +110,15 @@ def test_grey_input_is_not_checked_for_hu_but_hu_input_is():
     detect_image(image, known_network(), DetectionPreprocessing(), allow_non_ct=True)
 
 
+def test_grey_model_refuses_hounsfield_units():
+    array = np.full((16, 16, 16), -1000, np.int16)
+    array[4:8, 4:8, 4:8] = 60
+    image = sitk.GetImageFromArray(array)
+    with pytest.raises(InvalidImageError, match="expects grey levels 0-255"):
+        detect_image(image, known_network(), GREY)
+    detect_image(image, known_network(), GREY, allow_non_ct=True)  # the user's choice
+
+
 # --- boxes, margins, objects ---------------------------------------------------------------
 
 
