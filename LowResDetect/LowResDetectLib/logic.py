@@ -130,7 +130,8 @@ class DetectionLogic:
             and leaves the scene unchanged.
         :param outputTable: vtkMRMLTableNode to fill (its content and the ROIs it made before are
             replaced); None creates "<volume> detections table".
-        :param allowNonCT: run a HU-window model on a volume that does not look like a CT.
+        :param allowNonCT: skip the input intensity check (a HU-window model on a volume that does not
+            look like a CT, a grey-level model on values outside 0-255).
         :param applyParentTransform: a volume under a linear transform is refused unless this is
             True; it is then processed as shown (the volume is not modified), a new segmentation
             and the ROIs are put under the same transform, and the table's centres are in world

@@ -61,3 +61,54 @@ def test_segmentation_does_not_depend_on_the_file_orientation(tmp_path, sample_c
     np.testing.assert_allclose(back.GetOrigin(), original.GetOrigin(), atol=1e-4)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(original))
     assert sitk.GetArrayFromImage(original).sum() > 100
+
+
+# ---------------------------------------------------------------- the bundled LowRes detector
+
+DEEPLESION = "ct/lesions_DeepLesion/CT_Lesion_000002_03_01_035-047"
+
+
+def bundled_lowres_card():
+    from liteseg.detection_cli import find_lowres_card
+
+    return find_lowres_card(None)
+
+
+def test_bundled_lowres_card_states_its_input_its_data_and_its_held_out_figures():
+    card = bundled_lowres_card()
+    assert card in bundled_cards() and card.network == "lowres"
+    assert sha256_file(card.weights_path) == card.data["sha256"]
+    assert card.data["input"]["preprocessing"] == {"kind": "grey_0_255", "window": None}
+    assert "grey levels 0-255" in card.data["title"] and "not HU" in card.data["notes"]
+    assert "DEMONSTRATION" in card.data["notes"]
+    assert {c["patient"] for c in card.data["training"]["data"]} == {"000001", "000002", "000009", "000010", "000015"}
+    lopo = card.data["leave_one_patient_out"]
+    assert [f["held_out_patient"] for f in lopo["folds"]] == ["000001", "000002", "000009", "000010", "000015"]
+    assert (lopo["scans"], lopo["objects"]) == (6, 6) and 0 <= lopo["pooled_average_recall"] <= 1
+    assert card.data["command"].startswith("liteseg train --method lowres") and "--leave-one-patient-out" in card.data["command"]
+    assert card.weights_path.stat().st_size < 4_000_000  # 726,087 float32 parameters
+
+
+def test_detect_and_evaluate_a_real_slab_end_to_end(tmp_path, capsys):
+    from liteseg.cli import main
+
+    from conftest import real_data
+
+    image_path = real_data(f"{DEEPLESION}_img_uint8.nii.gz")
+    reference_path = real_data(f"{DEEPLESION}_lesion.nii.gz")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    output = tmp_path / "pred" / "slab.nii.gz"
+    assert main(["detect", str(image_path), str(output)]) == 0
+    image, labelmap = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(output))
+    assert labelmap.GetSize() == image.GetSize() and labelmap.GetDirection() == image.GetDirection()
+    assert np.allclose(labelmap.GetOrigin(), image.GetOrigin()) and np.allclose(labelmap.GetSpacing(), image.GetSpacing())
+    rows = (tmp_path / "pred" / "slab_detections.csv").read_text().splitlines()
+    assert len(rows) >= 2  # header + at least one detection
+    sitk.WriteImage(sitk.ReadImage(str(reference_path)), str(tmp_path / "ref" / "slab.nii.gz"))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--froc", str(tmp_path / "froc")]) == 0
+    out = capsys.readouterr().out
+    # a training slab of the bundled model: its one lesion is found
+    assert "over 1 object(s) in 1 scan(s)" in out and "over 1 hit object(s)" in out
+    assert (tmp_path / "froc.csv").is_file() and (tmp_path / "froc.png").is_file()
