@@ -53,6 +53,14 @@ class MethodRow:
     false_positives: int
 
 
+def fold_card(folder: Path) -> ModelCard:
+    """The model card of a finished fold."""
+    cards = sorted(folder.glob("*.json"))
+    if len(cards) != 1:
+        raise LiteSegError(f"fold {folder.name} is not finished (no single model card in {folder}): resume the training")
+    return ModelCard.read(cards[0])
+
+
 def fold_config(card: ModelCard) -> LowResTrainConfig:
     """The options of a fold's run, as its model card records them (enough to read and patch its cases)."""
     return LowResTrainConfig(output=card.path.parent, patch_size=tuple(card.data["training"]["recipe"]["patch_size"]),
@@ -94,7 +102,7 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
         raise LiteSegError(f"no folds in {lopo_dir}/{FOLDS_DIR}: run liteseg train --method lowres --leave-one-patient-out first")
     lowres, unet = HeldOutScores(), HeldOutScores()
     for folder in folds:
-        card = ModelCard.read(next(folder.glob("*.json")))
+        card = fold_card(folder)
         held_out = [c for c in cases if c.patient == folder.name]
         if not held_out:
             raise LiteSegError(f"fold {folder.name}: no case of that patient in the dataset")
@@ -115,7 +123,7 @@ def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[i
     """(size, LowRes seconds, 3D U-Net seconds) on `case` repeated `repeats` times along the slices,
     with the first fold's weights (timing only)."""
     folder = sorted((Path(lopo_dir) / FOLDS_DIR).iterdir())[0]
-    card = ModelCard.read(next(folder.glob("*.json")))
+    card = fold_card(folder)
     config = fold_config(card)
     image, _ = read_detection_case(case, config)
     array = np.concatenate([sitk.GetArrayFromImage(image)] * repeats, axis=0)
