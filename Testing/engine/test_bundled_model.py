@@ -79,7 +79,7 @@ def test_bundled_lowres_card_states_its_input_its_data_and_its_held_out_figures(
     assert card in bundled_cards() and card.network == "lowres"
     assert sha256_file(card.weights_path) == card.data["sha256"]
     assert card.data["input"]["preprocessing"] == {"kind": "grey_0_255", "window": None}
-    assert "grey levels 0-255" in card.data["title"] and "not HU" in card.data["notes"]
+    assert "grey levels 0-255" in card.data["title"] and "not Hounsfield units" in card.data["notes"]
     assert "DEMONSTRATION" in card.data["notes"]
     assert {c["patient"] for c in card.data["training"]["data"]} == {"000001", "000002", "000009", "000010", "000015"}
     lopo = card.data["leave_one_patient_out"]

@@ -76,7 +76,7 @@ def test_split_without_validation_and_single_patient():
         split_by_patient(cases, 0.3)
 
 
-def test_decathlon_folder_and_pairs_csv(tmp_path):
+def test_decathlon_folder_and_pairs_csv(tmp_path, monkeypatch):
     for sub, name in (("imagesTr", "pancreas_001.nii.gz"), ("labelsTr", "pancreas_001.nii.gz"),
                       ("imagesTr", "pancreas_004.nii.gz"), ("labelsTr", "pancreas_004.nii.gz")):
         (tmp_path / sub).mkdir(exist_ok=True)
@@ -100,6 +100,11 @@ def test_decathlon_folder_and_pairs_csv(tmp_path):
     parsed = args.parse_args([str(csv), "--output", str(tmp_path / "out"), "--max-cases", "1"])
     assert parsed.label_values == [1, 2] and parsed.epochs == 50 and parsed.batch_size == 8
     assert [c.patient for c in cases_from_args(parsed)] == ["P1"]
+    data_csv = tmp_path / "data.csv"  # $LITESEG_DATA/ paths are inside the data folder, wherever the CSV is
+    data_csv.write_text("image,label\n$LITESEG_DATA/imagesTr/pancreas_004.nii.gz,$LITESEG_DATA/labelsTr/pancreas_004.nii.gz\n")
+    monkeypatch.setenv("LITESEG_DATA", str(tmp_path))
+    (case,) = cases_from_pairs_csv(data_csv)
+    assert case.image == tmp_path / "imagesTr" / "pancreas_004.nii.gz" and case.patient == "pancreas_004"
     (csv.parent / "missing.csv").write_text("image,label\nnowhere.nii.gz,nowhere_seg.nii.gz\n")
     with pytest.raises(LiteSegError, match="training file not found"):
         cases_from_pairs_csv(csv.parent / "missing.csv")

@@ -57,8 +57,23 @@ def cases_from_decathlon(folder: str | Path) -> list[Case]:
         raise LiteSegError(f"{manifest}: each training entry needs 'image' and 'label'") from None
 
 
+DATA_PREFIX = "$LITESEG_DATA/"
+
+
+def _csv_path(cell: str, csv_path: Path) -> Path:
+    """A path of a dataset CSV: `$LITESEG_DATA/...` is inside the data folder (`data.data_root`),
+    other relative paths are relative to the CSV."""
+    cell = cell.strip()
+    if cell.startswith(DATA_PREFIX):
+        from ..data import data_root
+
+        return data_root() / cell[len(DATA_PREFIX):]
+    return csv_path.parent / cell
+
+
 def cases_from_pairs_csv(path: str | Path) -> list[Case]:
-    """Cases from a CSV with columns image,label[,patient]; relative paths are relative to the CSV."""
+    """Cases from a CSV with columns image,label[,patient]; relative paths are relative to the
+    CSV, paths starting with `$LITESEG_DATA/` are inside the data folder."""
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -68,8 +83,7 @@ def cases_from_pairs_csv(path: str | Path) -> list[Case]:
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise LiteSegError(f"{path} needs a header with columns image,label (and optionally patient)")
     return [
-        case_from_pair(path.parent / row["image"].strip(), path.parent / row["label"].strip(),
-                       (row.get("patient") or "").strip() or None)
+        case_from_pair(_csv_path(row["image"], path), _csv_path(row["label"], path), (row.get("patient") or "").strip() or None)
         for row in rows
     ]
 

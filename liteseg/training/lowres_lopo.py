@@ -73,7 +73,7 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
         "froc_png": froc_png.name,
         "folds": folds,
         "limits": f"{curve.n_objects} objects in {curve.n_scans} scans of {len(folds)} patients: each object moves "
-        f"the recall by {1 / curve.n_objects:.2f}; the folds are not independent of the final weights' data "
-        "and say nothing about other scanners, lesion types or full-length CT volumes",
+        f"the recall by {1 / curve.n_objects:.2f}. The folds estimate the training recipe, not these exact weights "
+        "(which saw every patient), and say nothing about other scanners, lesion types or full-length CT volumes",
     }
     return write_card(card_path, data)
