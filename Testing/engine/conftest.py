@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from liteseg.data import data_root
 
@@ -84,3 +85,12 @@ def physical_grid(image: sitk.Image) -> np.ndarray:
     index = np.stack([i, j, k], axis=-1).astype(float)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     return np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ direction.T
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """torch on one thread during the test (small 3D trainings run faster and repeat exactly)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

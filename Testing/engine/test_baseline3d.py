@@ -16,6 +16,7 @@ from liteseg.models.pocketnet import PocketNet
 from liteseg.training.patches import PatchVolume
 
 GREY = DetectionPreprocessing("grey_0_255", None)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Bright(nn.Module):
@@ -23,14 +24,6 @@ class Bright(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 20.0 * (x - 0.5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("size, window, overlap, expected", [

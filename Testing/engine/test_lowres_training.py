@@ -32,14 +32,7 @@ from liteseg.training.lowres_lopo import fold_configs, train_lowres_lopo
 from liteseg.training.patches import PatchVolume, canonical_volume, random_flips, sample_batch, sample_patch
 
 GREY = DetectionPreprocessing("grey_0_255", None)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blob_arrays(shape=(24, 64, 64), centres=((8, 20, 20), (14, 44, 40), (10, 24, 48)), radius=4):
