@@ -6,8 +6,8 @@ overlapping windows of the canonical, normalised volume (the same input LowRes g
 averages the overlapping logits; `detect_sliding_window` thresholds that map and makes one
 detection per 26-connected component (box = the component's bounding box), so both methods are
 scored by the same FROC code. `train_unet3d` trains it on the LowRes patch sampler with soft Dice
-plus binary cross-entropy and Adam: a benchmark baseline, not a shipped
-model (no checkpoints, no model card).
+plus binary cross-entropy and Adam: a benchmark baseline, not a shipped model (no checkpoints,
+no model card).
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return sorted({round(i * (size - window) / (count - 1)) for i in range(count)})
 
 
-def sliding_window_logits(network: torch.nn.Module, volume: np.ndarray, window: Sequence[int], overlap: float = 0.5,
-                          progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
+def sliding_window_logits(network: torch.nn.Module, volume: np.ndarray, window: Sequence[int], overlap: float = 0.5) -> np.ndarray:
     """Mean logits of `network` over overlapping windows of a (D, H, W) float32 volume whose
     sizes are multiples of 8; windows larger than the volume shrink to it."""
     if not 0.0 <= overlap < 1.0:
@@ -63,12 +62,10 @@ def sliding_window_logits(network: torch.nn.Module, volume: np.ndarray, window: 
     tensor = torch.from_numpy(volume)
     network.eval()
     with torch.inference_mode():
-        for number, start in enumerate(starts, 1):
+        for start in starts:
             index = tuple(slice(a, a + w) for a, w in zip(start, window))
             total[index] += network(tensor[index][None, None])[0, 0].numpy()
             count[index] += 1.0
-            if progress is not None:
-                progress(number / len(starts))
     return total / count
 
 
