@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .components import component_boxes, label_components
 from .detection import DetectionPreprocessing, DetectionResult, canonical_input, labelmap_image, make_detection
 from .errors import LiteSegError
+from .imageio import as_3d
 from .models.pocketnet import PocketNet
 from .training.losses import dice_loss
 from .training.patches import PatchVolume, random_flips, sample_batch
@@ -77,6 +78,7 @@ def detect_sliding_window(image: sitk.Image, network: torch.nn.Module, preproces
         raise LiteSegError(f"threshold must be between 0 and 1, got {threshold}")
     times: dict[str, float] = {}
     started = time.perf_counter()
+    image = as_3d(image)
     orientation, shape, padded = canonical_input(image, preprocessing, allow_non_ct, MULTIPLE)
     times["preprocess"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -291,9 +291,8 @@ def labelmap_image(foreground: np.ndarray, orientation: SliceOrientation, like: 
 
 def canonical_input(image: sitk.Image, preprocessing: DetectionPreprocessing, allow_non_ct: bool,
                     multiple: int = 8) -> tuple[SliceOrientation, tuple[int, int, int], np.ndarray]:
-    """Check `image` and return its orientation, its canonical shape and the normalised canonical
-    volume zero-padded at the far ends to a multiple of `multiple` (float32)."""
-    image = as_3d(image)
+    """Check `image` (3D: `imageio.as_3d`) and return its orientation, its canonical shape and the
+    normalised canonical volume zero-padded at the far ends to a multiple of `multiple` (float32)."""
     check_volume(image)
     preprocessing.check(image, allow_non_ct)
     orientation = slice_orientation(image)

@@ -53,6 +53,15 @@ class MethodRow:
     false_positives: int
 
 
+def fold_folders(lopo_dir: Path) -> list[Path]:
+    """The fold folders of a leave-one-patient-out run, in patient order (LiteSegError if none)."""
+    folds_dir = Path(lopo_dir) / FOLDS_DIR
+    folds = sorted(p for p in folds_dir.iterdir() if p.is_dir()) if folds_dir.is_dir() else []
+    if not folds:
+        raise LiteSegError(f"no folds in {folds_dir}: run liteseg train --method lowres --leave-one-patient-out first")
+    return folds
+
+
 def fold_card(folder: Path) -> ModelCard:
     """The model card of a finished fold."""
     cards = sorted(folder.glob("*.json"))
@@ -97,11 +106,8 @@ def _row(method: str, network: torch.nn.Module, scores: HeldOutScores) -> Method
 
 def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int) -> list[MethodRow]:
     """LowRes and the 3D U-Net on every fold's held-out cases (see the module docstring)."""
-    folds = sorted(p for p in (Path(lopo_dir) / FOLDS_DIR).iterdir() if p.is_dir()) if (Path(lopo_dir) / FOLDS_DIR).is_dir() else []
-    if not folds:
-        raise LiteSegError(f"no folds in {lopo_dir}/{FOLDS_DIR}: run liteseg train --method lowres --leave-one-patient-out first")
     lowres, unet = HeldOutScores(), HeldOutScores()
-    for folder in folds:
+    for folder in fold_folders(lopo_dir):
         card = fold_card(folder)
         held_out = [c for c in cases if c.patient == folder.name]
         if not held_out:
@@ -122,7 +128,7 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
 def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[int, ...], float, float]:
     """(size, LowRes seconds, 3D U-Net seconds) on `case` repeated `repeats` times along the slices,
     with the first fold's weights (timing only)."""
-    folder = sorted((Path(lopo_dir) / FOLDS_DIR).iterdir())[0]
+    folder = fold_folders(lopo_dir)[0]
     card = fold_card(folder)
     config = fold_config(card)
     image, _ = read_detection_case(case, config)

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from .components import Box
 from .detection import DETECTION_CSV_COLUMNS
 from .detection_cli import default_csv_path
 from .errors import LiteSegError
-from .evaluation import paired_paths, read_mask
+from .evaluation import paired_paths, read_pair
 from .froc import FrocCurve, ScanMatch, average_recall, froc_curve, match_scan, object_dice
-from .imageio import case_name, label_mask
-from .metrics import check_same_grid
 
 _BOX_COLUMNS = ("box_k_start", "box_j_start", "box_i_start", "box_k_stop", "box_j_stop", "box_i_stop")
 
@@ -59,11 +56,7 @@ def evaluate_detections(pred: Path, ref: Path, ref_labels: Sequence[int] | None 
     against one reference, or of a folder of them (`evaluation.paired_paths`)."""
     rows, dices, scans = [], [], []
     for pred_path, ref_path in paired_paths(pred, ref):
-        pred_image, ref_image = read_mask(pred_path, "prediction"), read_mask(ref_path, "reference")
-        name = case_name(pred_path)
-        check_same_grid(pred_image, ref_image, f"case {name}: prediction and reference")
-        labelmap = sitk.GetArrayViewFromImage(pred_image) != 0
-        gt = label_mask(sitk.GetArrayViewFromImage(ref_image), ref_labels)
+        name, _, _, labelmap, gt = read_pair(pred_path, ref_path, ref_labels)
         boxes, scores = read_detections_csv(default_csv_path(pred_path))
         for box in boxes:
             if any(a < 0 or b > n or a >= b for a, b, n in zip(box.start, box.stop, labelmap.shape)):

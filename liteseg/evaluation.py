@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,10 +45,18 @@ def _mask_image(mask: np.ndarray, like: sitk.Image) -> sitk.Image:
     return image
 
 
-def evaluate_case(
-    pred_path: Path, ref_path: Path, ref_labels: Sequence[int] | None = None
-) -> CaseMetrics:
-    """Dice and HD95 of one prediction against its reference.
+class MaskPair(NamedTuple):
+    """A prediction and its reference on one grid, as images and as boolean arrays."""
+
+    case: str
+    pred_image: sitk.Image
+    ref_image: sitk.Image
+    pred: np.ndarray
+    ref: np.ndarray
+
+
+def read_pair(pred_path: Path, ref_path: Path, ref_labels: Sequence[int] | None = None) -> MaskPair:
+    """Read a prediction and its reference and check they share a grid.
 
     Prediction foreground is every nonzero voxel. Reference voxels are rounded to the nearest
     integer (float 0/1 files are common) and are foreground when their value is in
@@ -63,6 +71,14 @@ def evaluate_case(
     check_same_grid(pred_image, ref_image, f"case {name}: prediction and reference")
     pred = sitk.GetArrayViewFromImage(pred_image) != 0
     ref = label_mask(sitk.GetArrayViewFromImage(ref_image), ref_labels)
+    return MaskPair(name, pred_image, ref_image, pred, ref)
+
+
+def evaluate_case(
+    pred_path: Path, ref_path: Path, ref_labels: Sequence[int] | None = None
+) -> CaseMetrics:
+    """Dice and HD95 of one prediction against its reference (`read_pair`)."""
+    name, pred_image, ref_image, pred, ref = read_pair(pred_path, ref_path, ref_labels)
     return CaseMetrics(
         case=name,
         dice=dice(pred, ref),
