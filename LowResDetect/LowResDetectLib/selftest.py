@@ -239,6 +239,16 @@ def checkSegments(segmentationNode, volumeNode, image: sitk.Image, detections, s
         _check(actual == wanted, f"{segment.GetName()}: {len(actual ^ wanted)} voxels differ from the engine's ({len(wanted)})")
 
 
+def checkOutputs(segmentationNode, tableNode, rois, volumeNode, image: sitk.Image, detections,
+                 studyItem: Optional[int] = None) -> None:
+    """The table, the segments and one ROI per detection are the engine's `detections`."""
+    checkTable(tableNode, detections)
+    checkSegments(segmentationNode, volumeNode, image, detections, studyItem)
+    _check(len(rois) == len(detections), f"{len(rois)} ROIs for {len(detections)} detections")
+    for roi, d in zip(rois, detections):
+        checkRoi(roi, image, d)
+
+
 # ---------------------------------------------------------------------- self-tests
 def runGeometrySelfTest(scene, log: Log = print, geometries=None, folder=None) -> dict:
     """Detect the two synthetic lesions in each geometry; check table, segments and ROIs against
@@ -261,11 +271,7 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None, folder=None) -
             _check(fractions and fractions[-1] == 1.0 and fractions == sorted(fractions), f"progress went {fractions}")
             expected = detect_image(image, network, preprocessing, threshold=0.5).detections
             _check(len(expected) == len(LESIONS), f"{name}: the engine found {len(expected)} objects, {len(LESIONS)} lesions")
-            checkTable(tableNode, expected)
-            checkSegments(segmentationNode, volume, image, expected, studyItem)
-            _check(len(rois) == len(expected), f"{name}: {len(rois)} ROIs")
-            for roi, d in zip(rois, expected):
-                checkRoi(roi, image, d)
+            checkOutputs(segmentationNode, tableNode, rois, volume, image, expected, studyItem)
             centre = logic.jumpToDetection(tableNode, 0)
             _check(np.allclose(centre, expected[0].centre_ras), f"jump to {centre}, detection at {expected[0].centre_ras}")
             counts[name] = len(expected)
@@ -301,11 +307,7 @@ def runBundledModelSelfTest(scene, volumesLogic, dataRoot: Path, log: Log = prin
     network, preprocessing = load_detector(card)
     expected = detect_image(image, network, preprocessing, threshold=float(card.data["output"]["threshold"])).detections
     _check(expected, "the bundled model finds nothing in its own training slab")
-    checkTable(tableNode, expected)
-    checkSegments(segmentationNode, volume, image, expected)
-    _check(len(rois) == len(expected), f"{len(rois)} ROIs for {len(expected)} detections")
-    for roi, d in zip(rois, expected):
-        checkRoi(roi, image, d)
+    checkOutputs(segmentationNode, tableNode, rois, volume, image, expected)
     found = np.zeros(tuple(reversed(image.GetSize())), np.uint8)
     for d in expected:
         found[d.box.slices()] |= d.mask
