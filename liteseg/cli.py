@@ -94,6 +94,10 @@ def _looks_like_dicom(folder: Path) -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.slices is not None:
+        return evaluate_model(args)
+    if args.prediction is None or args.reference is None:
+        raise LiteSegError("give a PREDICTION and a REFERENCE, or --slices DATASET with --model")
     from .evaluation import evaluate_paths, format_metrics_table, write_csv
 
     rows = evaluate_paths(args.prediction, args.reference, ref_labels=args.label_values)
@@ -110,6 +114,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for path in (write_froc_csv(curve, args.froc.with_name(args.froc.name + ".csv")),
                      plot_froc(curve, args.froc.with_name(args.froc.name + ".png"))):
             print(f"wrote {path}")
+    return 0
+
+
+def evaluate_model(args: argparse.Namespace) -> int:
+    """`liteseg evaluate --slices`: a model's per-patient Dice on held-out slice-dataset patients,
+    and with --sample-ct its whole-volume figures on the sample CT."""
+    import csv
+
+    from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+    from .imageio import read_image
+    from .inference import load_model
+    from .slice_evaluation import (check_whole_volume, evaluate_slice_patients, format_patient_table,
+                                   format_volume_table, held_out_patients)
+    from .training.slice_dataset import cases_from_slice_dataset
+
+    network, card = load_model(args.model)
+    patients = args.patients or held_out_patients(card)
+    bar = ProgressBar("held-out patients")
+    try:
+        rows = evaluate_slice_patients(cases_from_slice_dataset(args.slices), patients, network, card, progress=bar)
+    finally:
+        bar.close()
+    print(f"model: {card.name} {card.version}")
+    print(format_patient_table(rows))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("patient", "slices", "dice", "pred_pixels", "ref_pixels"))
+            writer.writerows((r.patient, r.slices, f"{r.dice:.6f}", r.pred_pixels, r.ref_pixels) for r in rows)
+        print(f"wrote {args.csv}")
+    if args.sample_ct:
+        ct, reference = read_image(fetch_sample(SAMPLE_CT)), read_image(fetch_sample(SAMPLE_PANCREAS))
+        settings = (True, False) if card.localisation else (False,)
+        checks = [check_whole_volume(ct, reference, network, card, localise) for localise in settings]
+        print("sample CT (ct/pancreas_TS-A; reference: TotalSegmentator's predicted pancreas, not manual)")
+        print(format_volume_table(checks))
     return 0
 
 
@@ -209,8 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(run=run_detect)
 
     evaluate = commands.add_parser("evaluate", help="per-case Dice and 95%% Hausdorff distance, printed and as CSV")
-    evaluate.add_argument("prediction", type=Path, help="predicted labelmap file or folder")
-    evaluate.add_argument("reference", type=Path, help="reference labelmap file or folder (matched by file name)")
+    evaluate.add_argument("prediction", type=Path, nargs="?", help="predicted labelmap file or folder")
+    evaluate.add_argument("reference", type=Path, nargs="?", help="reference labelmap file or folder (matched by file name)")
+    evaluate.add_argument("--slices", type=Path, metavar="DATASET",
+                          help="instead of files: segment the held-out patients of a slice dataset description "
+                          "(.json) with --model and print the Dice pooled over each patient's slices")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help="with --slices: bundled model name or model card .json")
+    evaluate.add_argument("--patients", nargs="+", metavar="ID",
+                          help="with --slices: the patients to evaluate (default: the model card's held-out patients)")
+    evaluate.add_argument("--sample-ct", action="store_true",
+                          help="with --slices: also the sample CT's 3D Dice and the volume labelled >= 30 mm from "
+                          "its pancreas, localised and whole-volume")
     evaluate.add_argument("--label-values", type=int, nargs="+", default=None, help="reference values counted as foreground (default: nonzero)")
     evaluate.add_argument("--csv", type=Path, default=None, help="write the per-case metrics to this CSV")
     evaluate.add_argument("--froc", type=Path, default=None, metavar="PREFIX",

@@ -28,10 +28,27 @@ class Case:
     patient: str
     image: Path
     label: Path
+    train_only: bool = False  # never held out for validation (e.g. negative volumes)
+
+    @property
+    def name(self) -> str:
+        return self.image.name
 
     def describe(self) -> dict:
         """The case as recorded in a model card (file names only, no local folders)."""
         return {"patient": self.patient, "image": self.image.name, "label": self.label.name}
+
+    def read(self, label_values: Iterable[int], preprocessing: Preprocessing) -> tuple[sitk.Image, sitk.Image]:
+        """The checked image and its merged 0/1 reference (uint8, same grid)."""
+        image = as_3d(read_image(self.image))
+        check_volume(image, f"image of case {self.patient}")
+        if preprocessing.modality == "CT":
+            check_ct_intensities(image, f"image of case {self.patient}")
+        label = as_3d(read_image(self.label))
+        check_same_grid(image, label, f"case {self.patient} ({self.image.name} and {self.label.name})")
+        reference = sitk.GetImageFromArray(merge_labels(sitk.GetArrayViewFromImage(label), label_values))
+        reference.CopyInformation(image)
+        return image, reference
 
 
 def case_from_pair(image: str | Path, label: str | Path, patient: str | None = None) -> Case:
@@ -95,29 +112,32 @@ def split_by_patient(
 
     `val_patients` names the held-out patients explicitly (e.g. one fold of a leave-one-patient-out
     evaluation) and overrides `val_fraction`; `val_fraction` 0 validates on the training cases
-    themselves (an optimistic validation).
+    themselves (an optimistic validation). Cases marked `train_only` (negative volumes) are
+    always training cases and never drawn for validation.
     """
+    eligible = [case for case in cases if not case.train_only]
+    patients = sorted({case.patient for case in eligible})
     if val_patients:
-        known = {case.patient for case in cases}
-        unknown = sorted(set(val_patients) - known)
+        unknown = sorted(set(val_patients) - set(patients))
         if unknown:
-            raise LiteSegError(f"validation patient(s) {', '.join(unknown)} not in the data set (patients: {', '.join(sorted(known))})")
-        if known <= set(val_patients):
+            raise LiteSegError(f"validation patient(s) {', '.join(unknown)} not in the data set (patients: {', '.join(patients)})")
+        if set(patients) <= set(val_patients):
             raise LiteSegError("every patient is a validation patient: nothing is left to train on")
-        return [c for c in cases if c.patient not in val_patients], [c for c in cases if c.patient in val_patients]
-    if not 0.0 <= val_fraction < 1.0:
-        raise LiteSegError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction == 0.0:
-        return list(cases), list(cases)
-    patients = sorted({case.patient for case in cases})
-    if len(patients) < 2:
-        raise LiteSegError(
-            f"cannot hold out validation patients: only {len(patients)} patient; use a validation fraction of 0"
-        )
-    random.Random(seed).shuffle(patients)
-    n_val = min(max(round(len(patients) * val_fraction), 1), len(patients) - 1)
-    held_out = set(patients[:n_val])
-    return [c for c in cases if c.patient not in held_out], [c for c in cases if c.patient in held_out]
+        held_out = set(val_patients)
+    else:
+        if not 0.0 <= val_fraction < 1.0:
+            raise LiteSegError(f"validation fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction == 0.0:
+            return list(cases), eligible
+        if len(patients) < 2:
+            raise LiteSegError(
+                f"cannot hold out validation patients: only {len(patients)} patient; use a validation fraction of 0"
+            )
+        random.Random(seed).shuffle(patients)
+        n_val = min(max(round(len(patients) * val_fraction), 1), len(patients) - 1)
+        held_out = set(patients[:n_val])
+    return ([c for c in cases if c.train_only or c.patient not in held_out],
+            [c for c in eligible if c.patient in held_out])
 
 
 def merge_labels(array: np.ndarray, label_values: Iterable[int]) -> np.ndarray:
@@ -126,16 +146,9 @@ def merge_labels(array: np.ndarray, label_values: Iterable[int]) -> np.ndarray:
 
 
 def read_case(case: Case, label_values: Iterable[int], preprocessing: Preprocessing) -> tuple[sitk.Image, sitk.Image]:
-    """The checked image and its merged 0/1 reference (uint8, same grid)."""
-    image = as_3d(read_image(case.image))
-    check_volume(image, f"image of case {case.patient}")
-    if preprocessing.modality == "CT":
-        check_ct_intensities(image, f"image of case {case.patient}")
-    label = as_3d(read_image(case.label))
-    check_same_grid(image, label, f"case {case.patient} ({case.image.name} and {case.label.name})")
-    reference = sitk.GetImageFromArray(merge_labels(sitk.GetArrayViewFromImage(label), label_values))
-    reference.CopyInformation(image)
-    return image, reference
+    """The case's image and its 0/1 reference on the same grid (volume cases, slice-dataset
+    patients and negative volumes each read themselves)."""
+    return case.read(label_values, preprocessing)
 
 
 @dataclass
@@ -147,8 +160,9 @@ class Slices:
 
     @property
     def foreground(self) -> torch.Tensor:
-        """Boolean (N,): which slices contain foreground."""
-        return self.labels.flatten(1).any(dim=1)
+        """Boolean (N,): which slices contain foreground (`any` of a uint8 tensor is uint8, whose
+        `~` is a bitwise not, so the comparison makes it bool)."""
+        return self.labels.flatten(1).amax(dim=1) > 0
 
     @classmethod
     def concatenate(cls, parts: Sequence["Slices"]) -> "Slices":
@@ -162,7 +176,7 @@ def load_slices(case: Case, label_values: Iterable[int], preprocessing: Preproce
     volume = preprocessing.normalize(orientation.to_canonical(sitk.GetArrayViewFromImage(image)))
     labels = orientation.to_canonical(sitk.GetArrayViewFromImage(reference))
     images = resize_slices(torch.from_numpy(np.ascontiguousarray(volume))[:, None], preprocessing.slice_size)
-    masks = resize_slices(torch.from_numpy(np.ascontiguousarray(labels))[:, None].float(),
+    masks = resize_slices(torch.from_numpy(np.array(labels))[:, None].float(),
                           preprocessing.slice_size, labels=True)
     return Slices(images.to(torch.float16), masks.to(torch.uint8))
 

@@ -41,6 +41,7 @@ THRESHOLD = 0.5
 AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.25, "shift": 0.2}
 # Options that may differ when resuming without changing the result of the epochs already run.
 RESUMABLE_CHANGES = ("epochs", "notes", "num_threads", "output")
+PRECISIONS = ("float32", "bfloat16")
 
 # Label of the merged foreground (value 1) in Slicer's terminology (SNOMED CT) and colour.
 LABEL_PRESETS = {
@@ -116,6 +117,7 @@ class TrainConfig:
     foreground_prior: Optional[float] = None  # initial output probability (None: the paper's zero bias)
     label_preset: str = "pancreas"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    precision: str = "float32"  # or "bfloat16": mixed-precision forward passes (autocast), fp32 weights
     device: str = "auto"
     num_threads: Optional[int] = None
     notes: str = ""
@@ -135,6 +137,7 @@ class TrainConfig:
             (self.passes_per_epoch < 1, f"passes per epoch must be at least 1, got {self.passes_per_epoch}"),
             (self.foreground_prior is not None and not 0 < self.foreground_prior < 1,
              f"foreground prior must be between 0 and 1, got {self.foreground_prior}"),
+            (self.precision not in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (self.label_preset not in LABEL_PRESETS,
              f"unknown label preset {self.label_preset!r}; choose from {', '.join(LABEL_PRESETS)}"),
         ]
@@ -220,15 +223,18 @@ class OnDevice(nn.Module):
         return self.network(x.to(self.device)).float().cpu()
 
 
-def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True, resume: bool = False) -> Path:
+def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True, resume: bool = False,
+          dataset: Optional[dict] = None) -> Path:
     """Train on `cases` (split by patient), write weights, checkpoint, curve and model card.
 
-    `command` is recorded in the card. `resume` continues `<output>/checkpoint.pt`, which must
+    `command` is recorded in the card, and `dataset` (e.g. a slice dataset's description and
+    licence) as its training data's source. `resume` continues `<output>/checkpoint.pt`, which must
     come from the same options (only epochs, notes, threads and the folder may change) and cases.
     Returns the model card's path.
     """
     checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
-    network = build_model(config.network).to(device)
+    # Channels-last: the same convolutions, about 1.3x faster per training step on the CPU.
+    network = build_model(config.network).to(device, memory_format=torch.channels_last)
     if config.foreground_prior is not None:
         set_output_prior(network, config.foreground_prior)
     optimizer = torch.optim.NAdam(network.parameters(), lr=config.lr)
@@ -249,7 +255,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
             [select_slices(train_slices, config.empty_slice_ratio, generator) for _ in range(config.passes_per_epoch)]
         )
         bar = epoch_bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", progress_bar)
-        train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device, bar)
+        train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device,
+                                  config.precision == "bfloat16", bar)
         val_loss = _validation_loss(network, val_slices, val_indices, config.batch_size, device)
         val_dice = float(np.mean([r["dice"] for r in _evaluate(network, val_cases, config, device, with_hd95=False)]))
         scheduler.step(val_loss)
@@ -281,6 +288,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     results = _evaluate(network, val_cases, config, device, with_hd95=True)
     data = _card(config, weights, history, train_cases, val_cases, results, device, command)
+    if dataset:
+        data["training"]["dataset"] = dataset
     return write_card(card, data)
 
 
@@ -348,9 +357,11 @@ def _train_epoch(
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
+    bfloat16: bool,
     bar,
 ) -> float:
-    """One augmented pass over `indices`; the mean training loss per slice."""
+    """One augmented pass over `indices`; the mean training loss per slice. With `bfloat16` the
+    forward pass runs under autocast (convolutions in bfloat16, weights and loss in float32)."""
     network.train()
     total = 0.0
     for start in range(0, len(indices), batch_size):
@@ -360,7 +371,9 @@ def _train_epoch(
             AUGMENTATION["rotation_degrees"], AUGMENTATION["zoom"], AUGMENTATION["shift"],
         )
         optimizer.zero_grad(set_to_none=True)
-        loss = dice_loss(network(images), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            logits = network(images.contiguous(memory_format=torch.channels_last))
+        loss = dice_loss(logits.float(), labels)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
@@ -388,11 +401,13 @@ def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, de
     results = []
     for case in cases:
         image, reference = read_case(case, config.label_values, config.preprocessing)
-        labelmap = segment_image(image, runner, config.preprocessing, threshold=THRESHOLD, backend="eager").labelmap
-        result = {"patient": case.patient, "image": case.image.name,
+        # read_case has checked the intensities (slice stacks hold no air: their HU start at 0)
+        labelmap = segment_image(image, runner, config.preprocessing, threshold=THRESHOLD, backend="eager",
+                                 allow_non_ct=True).labelmap
+        result = {"patient": case.patient, "image": case.name,
                   "dice": dice(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(reference))}
-        if with_hd95:
-            distance = hausdorff95(labelmap, reference)
+        if with_hd95:  # stacked 2D slices have no spacing: no distance in mm
+            distance = math.nan if hasattr(case, "slices") else hausdorff95(labelmap, reference)
             result["hd95_mm"] = None if math.isnan(distance) else distance
         results.append(result)
     return results
@@ -483,6 +498,8 @@ def _card(
                 "augmentation": f"rotation +-{AUGMENTATION['rotation_degrees']:g} deg, zoom +-{AUGMENTATION['zoom']:g}, "
                 f"shift +-{AUGMENTATION['shift']:g} of the size (bilinear images, nearest labels)",
                 "batch_size": config.batch_size,
+                "precision": "float32" if config.precision == "float32"
+                else "bfloat16 autocast forward passes, float32 weights, optimiser and loss",
                 "output_bias_init": "zero (paper)" if config.foreground_prior is None
                 else f"logit({config.foreground_prior:g}) (prior initialisation)",
                 "label_values": list(config.label_values),
