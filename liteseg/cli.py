@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -117,6 +118,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+CHECKED_STEP_MM = 15.0  # the coarse step of the bundled pancreas model's localisation
+
+
 def evaluate_model(args: argparse.Namespace) -> int:
     """`liteseg evaluate --slices`: a model's per-patient Dice on held-out slice-dataset patients,
     and with --sample-ct its whole-volume figures on the sample CT."""
@@ -126,7 +130,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
     from .imageio import read_image
     from .inference import load_model
     from .slice_evaluation import (check_whole_volume, evaluate_slice_patients, format_patient_table,
-                                   format_volume_table, held_out_patients)
+                                   format_volume_table, held_out_patients, record_evaluation)
     from .training.slice_dataset import cases_from_slice_dataset
 
     network, card = load_model(args.model)
@@ -145,12 +149,17 @@ def evaluate_model(args: argparse.Namespace) -> int:
             writer.writerow(("patient", "slices", "dice", "pred_pixels", "ref_pixels"))
             writer.writerows((r.patient, r.slices, f"{r.dice:.6f}", r.pred_pixels, r.ref_pixels) for r in rows)
         print(f"wrote {args.csv}")
+    checks, localisation = [], None
     if args.sample_ct:
         ct, reference = read_image(fetch_sample(SAMPLE_CT)), read_image(fetch_sample(SAMPLE_PANCREAS))
-        settings = (True, False) if card.localisation else (False,)
-        checks = [check_whole_volume(ct, reference, network, card, localise) for localise in settings]
+        localisation = card.localisation or Localisation(CHECKED_STEP_MM)
+        checks = [check_whole_volume(ct, reference, network, card, setting) for setting in (localisation, None)]
         print("sample CT (ct/pancreas_TS-A; reference: TotalSegmentator's predicted pancreas, not manual)")
         print(format_volume_table(checks))
+    if args.record:
+        data = record_evaluation(card, args.slices.name, rows, checks, localisation, "liteseg " + shlex.join(sys.argv[1:]))
+        state = "on" if "localisation" in data.get("inference", {}) else "off"
+        print(f"recorded in {card.path} (localisation by default: {state})")
     return 0
 
 
@@ -266,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--froc", type=Path, default=None, metavar="PREFIX",
                           help="detections too (each prediction's liteseg detect CSV beside it): object Dice, average "
                           "recall over 0-5 false positives per scan, FROC curve written to PREFIX.csv and PREFIX.png")
+    evaluate.add_argument("--record", action="store_true",
+                          help="with --slices: write the figures into the model card (section evaluation); with "
+                          "--sample-ct, localisation becomes the card's default only if it lowers Dice by at most 0.01")
     evaluate.set_defaults(run=cmd_evaluate)
 
     bench = commands.add_parser("bench", help="CPU timing of the networks (MoNet paper Table 2) and of the whole job")

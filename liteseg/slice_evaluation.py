@@ -6,7 +6,8 @@ Everything runs through `segment_image`, the inference path of `liteseg segment`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import date
 from typing import Optional, Sequence
 
 import numpy as np
@@ -15,13 +16,15 @@ from torch import nn
 
 from .errors import LiteSegError
 from .geometry import slice_orientation
-from .inference import segment_image, with_card_defaults
+from .inference import segment_image
+from .localisation import Localisation
 from .metrics import dice
-from .modelcard import ModelCard
+from .modelcard import ModelCard, write_card
 from .progress import ProgressCallback
 
 # Slices at least this far (mm) from every reference slice count as "a CT part without pancreas".
 FAR_FROM_TARGET_MM = 30.0
+MAX_LOCALISATION_LOSS = 0.01
 
 
 @dataclass
@@ -92,19 +95,71 @@ def far_slice_mask(reference: sitk.Image, distance_mm: float = FAR_FROM_TARGET_M
 
 
 def check_whole_volume(
-    ct: sitk.Image, reference: sitk.Image, network: nn.Module, card: ModelCard, localise: bool,
+    ct: sitk.Image, reference: sitk.Image, network: nn.Module, card: ModelCard, localisation: Optional[Localisation],
 ) -> VolumeCheck:
-    """Segment `ct` (localised as the card says, or the whole volume) and measure it."""
-    options = with_card_defaults(card, {} if localise else {"localisation": None})
-    result = segment_image(ct, network, card.preprocessing, **options)
+    """Segment `ct` with `localisation` (None: the whole volume) and the card's threshold, and measure it."""
+    result = segment_image(ct, network, card.preprocessing, threshold=card.threshold, localisation=localisation)
     orientation = slice_orientation(ct)
     predicted = orientation.to_canonical(sitk.GetArrayViewFromImage(result.labelmap)) > 0
     expected = orientation.to_canonical(sitk.GetArrayViewFromImage(reference)) > 0.5
     far = far_slice_mask(reference)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    setting = "localised (card default)" if localise and card.localisation else "whole volume"
+    setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px)" if localisation else "whole volume"
     return VolumeCheck(setting, dice(predicted, expected), float(predicted.sum()) * voxel_ml, int(far.sum()),
                        float(predicted[far].sum()) * voxel_ml, sum(result.seconds.values()))
+
+
+def localisation_keeps_dice(localised: VolumeCheck, whole: VolumeCheck) -> bool:
+    """The rule for localisation by default: it lowers Dice by at most 0.01 against the whole volume."""
+    return localised.dice >= whole.dice - MAX_LOCALISATION_LOSS
+
+
+def record_evaluation(card: ModelCard, dataset: str, rows: Sequence[PatientDice], checks: Sequence[VolumeCheck],
+                      localisation: Optional[Localisation], command: str) -> dict:
+    """Write the held-out figures and the sample-CT checks into the card's "evaluation" section;
+    with a (localised, whole-volume) pair of checks, localisation becomes the card's default
+    when `localisation_keeps_dice`, and is removed otherwise. Returns the card's new data."""
+    values = np.array([r.dice for r in rows])
+    data = dict(card.data)
+    evaluation = {
+        "held_out_slices": {
+            "dataset": dataset,
+            "dice": "pooled over each patient's slices (all pixels of its slices as one mask), whole slices, no localisation",
+            "patients": [asdict(r) for r in rows],
+            "mean_dice": float(values.mean()), "std_dice": float(values.std()), "median_dice": float(np.median(values)),
+            "min_dice": float(values.min()), "max_dice": float(values.max()),
+        },
+        "command": command,
+        "date": date.today().isoformat(),
+    }
+    if checks:
+        evaluation["sample_ct"] = {
+            "image": "ct/pancreas_TS-A/ct.nii.gz (TotalSegmentator example CT, 3 mm; never trained on)",
+            "reference": "TotalSegmentator v1's predicted pancreas (a model prediction, not a manual label)",
+            "far_ml": f"volume labelled in slices at least {FAR_FROM_TARGET_MM:g} mm from every reference slice "
+                      "(chest and pelvis: a CT part without pancreas)",
+            "runs": [asdict(c) for c in checks],
+        }
+    data["evaluation"] = evaluation
+    inference = dict(data.get("inference", {}))
+    inference.pop("localisation", None)
+    if localisation is not None and len(checks) == 2:
+        localised, whole = checks
+        change = localised.dice - whole.dice
+        if localisation_keeps_dice(localised, whole):
+            inference["localisation"] = {
+                "step_mm": localisation.step_mm, "margin_px": localisation.margin_px,
+                "check": f"on by default: against whole-volume inference it changed the sample CT's Dice by {change:+.4f} "
+                         f"({localised.dice:.4f} vs {whole.dice:.4f}; liteseg evaluate --record, {evaluation['date']}). "
+                         "A coarse pass on slices about step_mm apart, then only the slices and in-plane box it finds, "
+                         "widened by one step and margin_px pixels of the 256x256 grid.",
+            }
+    if inference:
+        data["inference"] = inference
+    else:
+        data.pop("inference", None)
+    write_card(card.path, data)
+    return data
 
 
 def format_patient_table(rows: Sequence[PatientDice]) -> str:

@@ -19,7 +19,9 @@ from liteseg.geometry import slice_orientation
 from liteseg.inference import _model_input
 from liteseg.modelcard import ModelCard, load_network
 from liteseg.preprocessing import Preprocessing, resize_slices
-from liteseg.slice_evaluation import evaluate_slice_patients, far_slice_mask, held_out_patients
+from liteseg.localisation import Localisation
+from liteseg.slice_evaluation import (PatientDice, VolumeCheck, evaluate_slice_patients, far_slice_mask, held_out_patients,
+                                      record_evaluation)
 from liteseg.training import TrainConfig, split_by_patient, train
 from liteseg.training.datasets import Slices, load_slices, select_slices
 from liteseg.training.slice_dataset import (
@@ -171,6 +173,22 @@ def test_far_slices_are_those_30_mm_from_every_reference_slice():
         far_slice_mask(reference(slice(0, 0)))
 
 
+@pytest.mark.parametrize("localised_dice, kept", [(0.795, True), (0.81, True), (0.785, False)])
+def test_recorded_localisation_follows_the_at_most_0_01_rule(tmp_path, localised_dice, kept):
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps({"name": "m", "version": "1", "network": "monet", "weights": "m.pt", "sha256": "0",
+                                     "input": {}, "output": {"threshold": 0.5}, "labels": [],
+                                     "inference": {"localisation": {"step_mm": 20, "margin_px": 8}}}))
+    rows = [PatientDice("A", 3, 0.7, 10, 12), PatientDice("B", 4, 0.9, 11, 10)]
+    checks = [VolumeCheck("localised", localised_dice, 80.0, 40, 0.5, 1.0), VolumeCheck("whole volume", 0.80, 82.0, 40, 2.0, 3.0)]
+    data = record_evaluation(ModelCard.read(card_path), "slices.json", rows, checks, Localisation(15.0, 32), "liteseg evaluate")
+    assert ModelCard.read(card_path).data == data
+    assert data["evaluation"]["held_out_slices"]["mean_dice"] == pytest.approx(0.8)
+    assert [r["setting"] for r in data["evaluation"]["sample_ct"]["runs"]] == ["localised", "whole volume"]
+    card = ModelCard.read(card_path)
+    assert card.localisation == (Localisation(15.0, 32) if kept else None)
+
+
 def synthetic_slices(patients: int, per_patient: int, seed: int) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Canonical grey slices (fat 0, body 60, a 150 HU 'organ' disc that is the mask), stored
     like the NIH files with their rows flipped."""
@@ -206,9 +224,29 @@ def test_training_on_a_slice_dataset_and_evaluating_its_held_out_patients(tmp_pa
     # (the trainer runs the eager network, evaluation the fast backend: equal up to float rounding)
     assert [r.dice for r in rows] == pytest.approx([c["dice"] for c in card.data["validation"]["cases"]], abs=0.01)
 
-    assert main(["evaluate", "--slices", str(description), "--model", str(card_path), "--csv", str(tmp_path / "d.csv")]) == 0
+    assert main(["evaluate", "--slices", str(description), "--model", str(card_path), "--csv", str(tmp_path / "d.csv"),
+                 "--record"]) == 0
     printed = capsys.readouterr().out
-    assert "per-patient Dice over 2 held-out patient(s)" in printed
+    assert "per-patient Dice over 2 held-out patient(s)" in printed and "localisation by default: off" in printed
     assert len(list(csv.DictReader(open(tmp_path / "d.csv")))) == 2
+    recorded = ModelCard.read(card_path).data["evaluation"]["held_out_slices"]
+    assert [p["patient"] for p in recorded["patients"]] == held_out
+    assert recorded["mean_dice"] == pytest.approx(np.mean([r.dice for r in rows]), abs=0.01)
     with pytest.raises(LiteSegError, match="not in the slice dataset"):
         evaluate_slice_patients(cases_from_slice_dataset(description), ["Q"], load_network(card), card)
+
+
+def test_liteseg_train_takes_a_slice_dataset_with_its_network_window_and_precision(tmp_path, capsys):
+    description = write_dataset(tmp_path, synthetic_slices(2, 2, seed=1))
+    description.write_text(json.dumps({**json.loads(description.read_text()), "description": "two synthetic patients",
+                                       "licence": "CC0"}))
+    output = tmp_path / "run"
+    assert main(["--threads", "1", "train", str(description), "--output", str(output), "--name", "pocket",
+                 "--network", "pocket_unet2d", "--window", "0", "200", "--precision", "bfloat16", "--epochs", "1",
+                 "--val-fraction", "0.5", "--label-values", "1"]) == 0
+    card = ModelCard.read(output / "pocket.json")
+    assert card.network == "pocket_unet2d" and card.preprocessing.window == (0.0, 200.0)
+    assert card.data["training"]["dataset"] == {"file": "slices.json", "description": "two synthetic patients", "licence": "CC0"}
+    assert card.data["validation"]["cases"][0]["hd95_mm"] is None  # stacked slices have no spacing
+    assert main(["train", str(description), "--output", str(tmp_path / "bad"), "--epochs", "1"]) == 2
+    assert "window is [-150, 200]" in capsys.readouterr().err
