@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .components import largest_component
-from .errors import Cancelled, LiteSegError
+from .errors import Cancelled, LiteSegError, WeightsError
 from .geometry import slice_orientation
 from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
 from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
@@ -208,8 +208,12 @@ def with_card_defaults(card: ModelCard, options: dict) -> dict:
 
 
 def load_model(model: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, ModelCard]:
-    """The network (checksum verified, eval mode) and card of a bundled model name or card path."""
+    """The network (checksum verified, eval mode) and card of a bundled model name or card path;
+    a card that is not a slice segmentation model (e.g. a LowRes detector) is refused."""
     card = find_card(model)
+    if not card.segments_slices:
+        raise WeightsError(f"model {card.name!r} (network {card.network}) is not a slice-by-slice segmentation model: "
+                           "use it for detection (liteseg detect, the LowResDetect module)")
     return load_network(card), card
 
 

@@ -91,6 +91,22 @@ class ModelCard:
         options = self.data.get("inference", {}).get("localisation")
         return Localisation(float(options["step_mm"]), int(options["margin_px"])) if options else None
 
+    @property
+    def segments_slices(self) -> bool:
+        """True for a 2D slice-by-slice segmentation model, what `segment_image` and the
+        MoNetSegmentation module run (its card gives a modality, window and slice size); False
+        for e.g. a LowRes detection card."""
+        preprocessing = self.data.get("input", {}).get("preprocessing")
+        return isinstance(preprocessing, dict) and {"modality", "slice_size"} <= set(preprocessing)
+
+    @property
+    def sample_ct_dice(self) -> Optional[float]:
+        """The sample CT's Dice recorded by `liteseg evaluate --record` for the card's default
+        setting (localised or whole volume); None when not recorded."""
+        runs = self.data.get("evaluation", {}).get("sample_ct", {}).get("runs", [])
+        wanted = self.localisation is not None
+        return next((float(run["dice"]) for run in runs if run["localised"] == wanted), None)
+
     @classmethod
     def read(cls, path: Path) -> "ModelCard":
         try:

@@ -74,6 +74,7 @@ class VolumeCheck:
     """One whole-volume run: 3D Dice and what was labelled far from the reference pancreas."""
 
     setting: str
+    localised: bool
     dice: float
     labelled_ml: float
     far_slices: int
@@ -105,7 +106,7 @@ def check_whole_volume(
     far = far_slice_mask(reference)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px)" if localisation else "whole volume"
-    return VolumeCheck(setting, dice(predicted, expected), float(predicted.sum()) * voxel_ml, int(far.sum()),
+    return VolumeCheck(setting, localisation is not None, dice(predicted, expected), float(predicted.sum()) * voxel_ml, int(far.sum()),
                        float(predicted[far].sum()) * voxel_ml, sum(result.seconds.values()))
 
 

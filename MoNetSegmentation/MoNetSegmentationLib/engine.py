@@ -55,13 +55,15 @@ class ModelInfo:
 
 
 def availableModels() -> list[ModelInfo]:
-    """Bundled models (every readable model card), sorted by name; no torch needed.
+    """Bundled models this module can run (readable cards of slice segmentation models, not
+    detectors), sorted by name; no torch needed.
 
     Loading a model goes through `liteseg.inference.load_model`, which checks the weights' sha256.
     """
     return [
         ModelInfo(card.name, card.version, card.path, str(card.data.get("description") or card.data.get("notes") or ""))
         for card in bundled_cards()
+        if card.segments_slices
     ]
 
 

@@ -195,3 +195,17 @@ def test_model_cards_are_listed_without_importing_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_detection_model_is_refused_by_the_segmentation_path(tmp_path):
+    from liteseg.inference import load_model
+    from liteseg.modelcard import find_card
+
+    lowres = find_card("lowres-lesion")
+    assert not lowres.segments_slices
+    with pytest.raises(WeightsError, match="not a slice-by-slice segmentation model"):
+        load_model("lowres-lesion")
+    write_image(phantom_image(GEOMETRIES["axial_identity"]), tmp_path / "ct.nii.gz")
+    with pytest.raises(WeightsError, match="not a slice-by-slice"):
+        segment_file(tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", model=lowres.path)
+    assert not (tmp_path / "seg.nii.gz").exists()

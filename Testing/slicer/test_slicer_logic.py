@@ -2,6 +2,7 @@
 segmented, in physical space, for every orientation; errors are clear ValueErrors."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,12 +208,21 @@ def test_model_listing_without_torch_matches_the_engine(monkeypatch, random_mone
 
     monkeypatch.setenv("LITESEG_MODELS", str(random_monet_card.path.parent))
     assert [(c.name, c.version) for c in modelcard.bundled_cards()] == [("random-monet", "0.0.1")]
+    lowres = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "lowres-lesion.json"
+    (random_monet_card.path.parent / "lowres-lesion.json").write_text(lowres.read_text())  # a detector: not listed
     (random_monet_card.path.parent / "broken.json").write_text("{not json")  # skipped by the listing
     with pytest.warns(UserWarning, match="broken.json"):
         models = SegmentationLogic().availableModels()
     assert [(m.name, m.version, m.label) for m in models] == [("random-monet", "0.0.1", "random-monet (v0.0.1)")]
     with pytest.warns(UserWarning, match="broken.json"):
         assert engine.bundledModelNames() == [engine.DEFAULT_MODEL, "random-monet"]
+
+
+def test_a_detection_card_is_a_clear_error_not_a_missing_key(core):
+    lowres = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "lowres-lesion.json"
+    volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")
+    with pytest.raises(ValueError, match="'lowres-lesion' \\(network lowres\\) is not a slice-by-slice segmentation model"):
+        SegmentationLogic().process(volume, model=lowres)  # the engine's loader
 
 
 def test_empty_output_node_is_set_up_like_a_new_one(core, logic):
