@@ -242,12 +242,16 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"LowResDetect: {self.logic.lastStatus}; {self.logic.lastTimings}")
 
     def onTableClicked(self, index) -> None:
-        """Centre the slice views on the object of the clicked row."""
+        """Centre the slice views on the object of the clicked row (the view's row mapped through
+        its sort proxy to the table model, then to the table)."""
         table = self._parameterNode.outputTable if self._parameterNode else None
         if table is None or not index.isValid():
             return
+        row = detectionRow(table, self.ui.resultsTableView.sortFilterProxyModel().mapToSource(index).row())
+        if row is None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Cannot go to this object.")):
-            self.logic.jumpToDetection(table, index.row())
+            self.logic.jumpToDetection(table, row)
 
     def _setRunning(self, running: bool) -> None:
         self._running = running
@@ -267,7 +271,7 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 from LowResDetectLib.logic import DetectionLogic  # noqa: E402
-from LowResDetectLib.outputs import tableRows  # noqa: E402,F401  (for scripts: LowResDetect.tableRows(table))
+from LowResDetectLib.outputs import detectionRow, tableRows  # noqa: E402,F401  (tableRows for scripts: LowResDetect.tableRows(table))
 
 
 class LowResDetectLogic(ScriptedLoadableModuleLogic, DetectionLogic):

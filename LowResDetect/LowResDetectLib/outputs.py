@@ -176,6 +176,9 @@ def fillTable(tableNode, detections: Sequence) -> None:
                 tableNode.SetColumnUnitLabel(name, unit)
             tableNode.SetColumnDescription(name, description)
             tableNode.SetColumnTitle(name, f"{name} ({unit})" if unit else name)
+        # Titles as the view's header (as SegmentStatistics does): by default the view shows the
+        # column names as an extra first row, shifting every row by one.
+        tableNode.SetUseColumnTitleAsColumnHeader(True)
         table.Modified()
     finally:
         tableNode.EndModify(wasModifying)
@@ -194,6 +197,15 @@ def tableRows(tableNode) -> list[dict]:
             values[array.GetName()] = value if isinstance(value, str) else float(value) if array.IsA("vtkDoubleArray") else int(value)
         rows.append(values)
     return rows
+
+
+def detectionRow(tableNode, modelRow: int) -> Optional[int]:
+    """The table row a table view shows at `modelRow` of its table model (a clicked index mapped
+    through the view's sort proxy): the same row when the column titles are the header, else one
+    less, the model's first row then showing the titles (None for that row)."""
+    if tableNode.GetUseColumnTitleAsColumnHeader():
+        return modelRow
+    return modelRow - 1 if modelRow > 0 else None
 
 
 def centreOfRow(tableNode, row: int) -> tuple[float, float, float]:

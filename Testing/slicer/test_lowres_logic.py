@@ -147,7 +147,11 @@ def test_jump_to_detection_returns_the_rows_ras_centre(core, card, detector):
         assert logic.jumpToDetection(table, row) == pytest.approx(detection.centre_ras, abs=1e-9)
     with pytest.raises(ValueError, match="no row 2"):
         logic.jumpToDetection(table, 2)
+    # the view's header shows the titles, so its rows are the table's rows
+    assert table.GetUseColumnTitleAsColumnHeader()
+    assert [outputs.detectionRow(table, r) for r in range(2)] == [0, 1]
     other = core.scene.AddNewNodeByClass("vtkMRMLTableNode", "other")
+    assert [outputs.detectionRow(other, r) for r in range(3)] == [None, 0, 1]  # names shown as row 0
     other.AddEmptyRow()
     with pytest.raises(ValueError, match="not a LowResDetect detections table"):
         logic.jumpToDetection(other, 0)

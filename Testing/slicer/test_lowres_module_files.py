@@ -122,7 +122,8 @@ def test_widget_wiring():
     assert 'self.resourcePath("UI/LowResDetect.ui")' in text
     assert 'self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)' in text
     assert 'self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableClicked)' in text
-    assert "self.logic.jumpToDetection(table, index.row())" in text
+    assert "detectionRow(table, self.ui.resultsTableView.sortFilterProxyModel().mapToSource(index).row())" in text
+    assert "self.logic.jumpToDetection(table, row)" in text
 
 
 def test_module_classes_follow_the_template():
