@@ -30,7 +30,7 @@ from slicer.parameterNodeWrapper import Decimals, SingleStep, WithinRange, param
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-from LowResDetectLib.shared import availableDetectorModels
+from LowResDetectLib.shared import availableDetectorModels, parameterWidgets
 
 try:
     from slicer.i18n import tr as _
@@ -171,8 +171,9 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateDetectButton)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            # Widgets are found by their "SlicerParameterName" property (see the .ui file).
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # Widgets are found by their "SlicerParameterName" property (see the .ui file); the
+            # tag of connectParametersToGui (unlike connectGui's on Slicer 5.8) lets exit() disconnect.
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateDetectButton)
             self._updateDetectButton()
 

@@ -25,6 +25,7 @@ from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from MoNetSegmentationLib.engine import DEFAULT_MODEL, availableModels, bundledModelNames
+from MoNetSegmentationLib.parameter_gui import parameterWidgets
 
 try:
     from slicer.i18n import tr as _
@@ -156,8 +157,9 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            # Widgets are found by their "SlicerParameterName" property (see the .ui file).
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # Widgets are found by their "SlicerParameterName" property (see the .ui file); the
+            # tag of connectParametersToGui (unlike connectGui's on Slicer 5.8) lets exit() disconnect.
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
             self._labelModels()
             self._updateApplyButton()

@@ -36,6 +36,7 @@ def importMoNetLib():
 
 importMoNetLib()
 from MoNetSegmentationLib.engine import ModelInfo, importEngine  # noqa: E402
+from MoNetSegmentationLib.parameter_gui import parameterWidgets  # noqa: E402,F401  (for the widget)
 
 importEngine()
 from liteseg.modelcard import bundled_cards  # noqa: E402  (torch-free)

@@ -160,3 +160,32 @@ def test_library_imports_no_qt(path):
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule"}
+
+
+@pytest.mark.parametrize("module_file", [MODULE_FILE, MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py"])
+def test_widgets_connect_with_a_tag_that_slicer_5_8_returns(module_file):
+    """connectGui returns None on Slicer 5.8 (so disconnectGui undoes nothing); the widgets use
+    connectParametersToGui, which returns the tag on 5.8 and 5.10."""
+    text = module_file.read_text()
+    assert ".connectGui(" not in text
+    assert "self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))" in text
+    assert "self._parameterNode.disconnectGui(self._parameterNodeGuiTag)" in text
+
+
+def test_parameter_widgets_are_those_with_a_parameter_name():
+    import sys
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from MoNetSegmentationLib.parameter_gui import parameterWidgets
+
+    class Widget:  # what the function reads of a Qt widget: its dynamic properties
+        def __init__(self, name=None):
+            self.properties = {"SlicerParameterName": name} if name else {}
+
+        def property(self, key):
+            return self.properties.get(key)
+
+    ui = type("Ui", (), {})()
+    ui.inputSelector, ui.threshold, ui.applyButton = Widget("inputVolume"), Widget("threshold"), Widget()
+    ui.layout = object()  # not a widget
+    assert parameterWidgets(ui) == {"inputVolume": ui.inputSelector, "threshold": ui.threshold}
