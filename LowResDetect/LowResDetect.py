@@ -13,7 +13,6 @@ on that object.
 """
 
 import logging
-import pathlib
 import threading
 from typing import Annotated, Optional
 
@@ -26,11 +25,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import Decimals, SingleStep, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Decimals, SingleStep, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-from LowResDetectLib.shared import availableDetectorModels, parameterWidgets
+from LowResDetectLib.shared import MODEL_CARD_FILE, detectorChoices, detectorModel, parameterWidgets
 
 try:
     from slicer.i18n import tr as _
@@ -79,7 +78,8 @@ class LowResDetectParameterNode:
     that widget's SlicerParameterName property.
 
     inputVolume - the volume to search.
-    modelCard - LowRes model card (.json); empty: the bundled LowRes model.
+    model - a bundled LowRes model's name, or MODEL_CARD_FILE: the card in the path field (read
+        on Detect, not saved with the scene).
     threshold - probability threshold of stage 1 and of the refined map.
     margin - box margin in low-resolution (x8) voxels.
     outputSegmentation - where to write the segments; none creates a new segmentation.
@@ -87,7 +87,7 @@ class LowResDetectParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    modelCard: pathlib.Path
+    model: Annotated[str, Choice(detectorChoices())] = detectorChoices()[0]
     threshold: Annotated[float, WithinRange(0.05, 0.95), Decimals(2), SingleStep(0.05)] = 0.5
     margin: Annotated[int, WithinRange(0, 8)] = 1
     outputSegmentation: vtkMRMLSegmentationNode
@@ -125,15 +125,8 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableClicked)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self._updateDetectButton)
         self.ui.progressBar.setVisible(False)
-        bundled = availableDetectorModels()
-        self.ui.modelPathLineEdit.toolTip = (
-            _("LowRes model card (.json). Leave empty for the bundled LowRes model: {names}.").format(
-                names=", ".join(m.label for m in bundled)
-            )
-            if bundled
-            else _("LowRes model card (.json). No LowRes model is bundled: a card is required.")
-        )
 
         self.initializeParameterNode()
 
@@ -177,13 +170,10 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateDetectButton)
             self._updateDetectButton()
 
-    def _modelChoice(self):
-        """The model card path, or None (the bundled LowRes model) when the field is empty."""
-        path = self._parameterNode.modelCard if self._parameterNode else None
-        return None if path is None or str(path) in ("", ".") else str(path)
-
     def _updateDetectButton(self, caller=None, event=None) -> None:
         table = self._parameterNode.outputTable if self._parameterNode else None
+        cardFile = bool(self._parameterNode) and self._parameterNode.model == MODEL_CARD_FILE
+        self.ui.modelPathLineEdit.enabled = cardFile
         if self.ui.resultsTableView.mrmlTableNode() is not table:
             self.ui.resultsTableView.setMRMLTableNode(table)
         if self._running:
@@ -195,8 +185,8 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not (self._parameterNode and self._parameterNode.inputVolume):
             self.ui.detectButton.toolTip = _("Select an input volume")
             self.ui.detectButton.enabled = False
-        elif self._modelChoice() is None and not availableDetectorModels():
-            self.ui.detectButton.toolTip = _("Select a LowRes model card (no LowRes model is bundled)")
+        elif cardFile and not self.ui.modelPathLineEdit.currentPath.strip():
+            self.ui.detectButton.toolTip = _("Choose a LowRes model card file (.json)")
             self.ui.detectButton.enabled = False
         else:
             self.ui.detectButton.toolTip = _("Detect objects in the input volume")
@@ -225,7 +215,7 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation, table, rois = self.logic.process(
                 parameters.inputVolume,
                 parameters.outputSegmentation,
-                model=self._modelChoice(),
+                model=detectorModel(parameters.model, self.ui.modelPathLineEdit.currentPath),
                 threshold=parameters.threshold,
                 margin=parameters.margin,
                 outputTable=parameters.outputTable,

@@ -44,6 +44,26 @@ from liteseg.modelcard import bundled_cards  # noqa: E402  (torch-free)
 LOWRES_NETWORK = "lowres"  # liteseg.detection_cli.LOWRES_NETWORK, which imports torch
 
 
+MODEL_CARD_FILE = "Model card file..."  # the model choice that reads the card path field
+
+
+def detectorChoices() -> list[str]:
+    """The panel's model choices: the bundled LowRes models by name, then `MODEL_CARD_FILE`."""
+    return [m.name for m in availableDetectorModels()] + [MODEL_CARD_FILE]
+
+
+def detectorModel(choice: str, cardPath: str) -> str:
+    """The `model` argument of `DetectionLogic.process` for a panel choice: a bundled model's
+    name, or the card path typed or browsed when the choice is `MODEL_CARD_FILE` (read on
+    Detect, so an emptied field is never mistaken for a model)."""
+    if choice != MODEL_CARD_FILE:
+        return choice
+    path = (cardPath or "").strip()
+    if not path:
+        raise ValueError("choose a LowRes model card file (.json), or pick a bundled model")
+    return path
+
+
 def availableDetectorModels() -> list[ModelInfo]:
     """Bundled LowRes models (model cards whose network is 'lowres'), sorted by name; no torch.
 

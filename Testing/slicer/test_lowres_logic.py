@@ -27,7 +27,7 @@ if str(ROOT / "LowResDetect") not in sys.path:
 from liteseg.detection import detect_image  # noqa: E402
 from liteseg.detection_cli import find_lowres_card, load_detector  # noqa: E402
 
-from LowResDetectLib import outputs, selftest  # noqa: E402
+from LowResDetectLib import outputs, selftest, shared  # noqa: E402
 from LowResDetectLib.logic import Cancelled, DetectionLogic  # noqa: E402
 from MoNetSegmentationLib import volume_bridge  # noqa: E402
 from MoNetSegmentationLib.selftest import GEOMETRIES, putInStudy  # noqa: E402
@@ -241,3 +241,15 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a table"):
         logic.process(volume, model=card, outputTable=volume)
     assert core.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
+def test_the_panel_offers_the_bundled_model_and_reads_a_card_file_only_when_chosen(core, card):
+    choices = shared.detectorChoices()
+    assert choices == ["lowres-lesion", shared.MODEL_CARD_FILE]  # the bundled model is the default
+    assert shared.detectorModel("lowres-lesion", "/ignored/card.json") == "lowres-lesion"
+    assert shared.detectorModel(shared.MODEL_CARD_FILE, f" {card} ") == str(card)
+    with pytest.raises(ValueError, match="choose a LowRes model card file"):
+        shared.detectorModel(shared.MODEL_CARD_FILE, "")  # an emptied field is not a model
+    volume = volume_bridge.addVolumeFromImage(core.scene, selftest.lesionImage(GEOMETRIES["axial"]), "ct")
+    _, table, _ = DetectionLogic().process(volume, model=shared.detectorModel(shared.MODEL_CARD_FILE, str(card)))
+    assert table.GetTable().GetNumberOfRows() >= 1

@@ -77,7 +77,8 @@ def test_every_ui_widget_the_code_uses_exists():
 
 def test_every_parameter_is_bound_to_a_fitting_widget():
     fields = parameter_node_fields()
-    assert set(fields) == {"inputVolume", "modelCard", "threshold", "margin", "outputSegmentation", "outputTable"}
+    assert set(fields) == {"inputVolume", "model", "threshold", "margin", "outputSegmentation", "outputTable"}
+    assert fields["model"] == "Annotated[str, Choice(detectorChoices())]"
     bound = {}
     for name, (cls, properties) in ui_widgets().items():
         parameter = properties.get("SlicerParameterName")
@@ -109,6 +110,9 @@ def test_ui_content_of_the_issue():
     assert widgets["progressBar"][0] == "QProgressBar" and widgets["statusLabel"][0] == "QLabel"
     assert widgets["resultsTableView"][0] == "qMRMLTableView"
     assert widgets["modelPathLineEdit"][1]["nameFilters"] == ["LowRes model card (*.json)"]
+    # the path field is read on Detect, never bound: CTK emits no change when it is emptied
+    assert "SlicerParameterName" not in widgets["modelPathLineEdit"][1]
+    assert widgets["modelComboBox"][0] == "QComboBox"
     assert float(widgets["thresholdSliderWidget"][1]["value"]) == 0.5 and widgets["marginSpinBox"][1]["value"] == "1"
     receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
     assert receivers == {"inputSelector", "outputSegmentationSelector", "outputTableSelector", "resultsTableView"}
