@@ -189,3 +189,14 @@ def test_parameter_widgets_are_those_with_a_parameter_name():
     ui.inputSelector, ui.threshold, ui.applyButton = Widget("inputVolume"), Widget("threshold"), Widget()
     ui.layout = object()  # not a widget
     assert parameterWidgets(ui) == {"inputVolume": ui.inputSelector, "threshold": ui.threshold}
+
+
+def test_the_bundled_models_reach_the_build_tree_as_well_as_the_install():
+    """Build-tree self-tests load the bundled models: they are copied where the engine package
+    is compiled (the scripted-modules lib folder), not only installed there."""
+    text = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    assert "file(GLOB LITESEG_MODEL_FILES RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} Resources/Models/*)" in text
+    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in text  # the engine's build copy
+    copy = re.search(r"foreach\(model_file \$\{LITESEG_MODEL_FILES\}\)\s+configure_file\(\$\{model_file\} (\S+) COPYONLY\)", text)
+    assert copy and copy.group(1) == "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${model_file}"
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
