@@ -6,8 +6,12 @@ Slicer's Python does not ship torch. An unpinned `pip install torch` pulls the C
 from PyTorch's CPU index. The user is asked before anything is downloaded; never during
 Slicer's self-tests (`slicer.app.testingEnabled()`), where a missing torch is an error.
 
-Not testable outside the Slicer application (it needs `slicer.app` and `slicer.util`'s dialogs);
-`torchAvailable` is.
+One installation at a time for the whole extension (`installOnce`): pip's output pumps Qt
+events, so without the guard a second click (or the other module's button) would start a
+second installation.
+
+`ensureTorch` is not testable outside the Slicer application (it needs `slicer.app` and
+`slicer.util`'s dialogs); `torchAvailable` and `installOnce` are.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from typing import Callable, Optional
 
 CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 QUESTION = (
@@ -24,15 +29,37 @@ QUESTION = (
 )
 
 
+_installing = False
+
+
+def installationRunning() -> bool:
+    """Whether a PyTorch installation started by either LiteSeg module is still running."""
+    return _installing
+
+
+def installOnce(install: Callable[[], bool]) -> bool:
+    """Run `install` unless an installation is already running (then False at once)."""
+    global _installing
+    if _installing:
+        return False
+    _installing = True
+    try:
+        return install()
+    finally:
+        _installing = False
+
+
 def torchAvailable() -> bool:
     """Whether `import torch` can work (without importing it)."""
     return importlib.util.find_spec("torch") is not None
 
 
-def ensureTorch() -> bool:
-    """Make `import torch` work inside Slicer; True when it does, False when the user declined.
+def ensureTorch(onInstallStart: Optional[Callable[[], None]] = None) -> bool:
+    """Make `import torch` work inside Slicer; True when it does, False when the user declined
+    or another installation is running.
 
-    Asks once (OK / Cancel) before installing. In testing mode it never asks and raises instead.
+    Asks once (OK / Cancel) before installing, then calls `onInstallStart` (e.g. to say so in the
+    panel). In testing mode it never asks and raises instead.
     """
     if torchAvailable():
         return True
@@ -43,9 +70,20 @@ def ensureTorch() -> bool:
             "PyTorch is not installed in this Slicer; install it (CPU build) before running the "
             "LiteSeg module tests"
         )
+    if installationRunning():
+        return False
     if not slicer.util.confirmOkCancelDisplay(QUESTION, windowTitle="Install PyTorch"):
         logging.info("LiteSeg: installation of PyTorch declined")
         return False
+    if onInstallStart is not None:
+        onInstallStart()
+    return installOnce(_installTorch)
+
+
+def _installTorch() -> bool:
+    """Install a CPU build of PyTorch (the PyTorch extension's installer when present, else pip)."""
+    import slicer
+
     try:
         import PyTorchUtils  # the PyTorch extension's module, when installed
     except ImportError:

@@ -200,3 +200,35 @@ def test_the_bundled_models_reach_the_build_tree_as_well_as_the_install():
     copy = re.search(r"foreach\(model_file \$\{LITESEG_MODEL_FILES\}\)\s+configure_file\(\$\{model_file\} (\S+) COPYONLY\)", text)
     assert copy and copy.group(1) == "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${model_file}"
     assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
+
+
+def test_one_pytorch_installation_at_a_time():
+    import sys
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from MoNetSegmentationLib import dependencies
+
+    calls = []
+
+    def install() -> bool:
+        calls.append(dependencies.installationRunning())
+        calls.append(dependencies.installOnce(lambda: True))  # a second click while pip runs
+        return True
+
+    assert dependencies.installOnce(install) is True
+    assert calls == [True, False] and not dependencies.installationRunning()
+
+    def failing() -> bool:
+        raise OSError("no network")
+
+    with pytest.raises(OSError):
+        dependencies.installOnce(failing)
+    assert not dependencies.installationRunning()  # a failed installation can be retried
+
+
+@pytest.mark.parametrize("module_file, button", [(MODULE_FILE, "applyButton"),
+                                                 (MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py", "detectButton")])
+def test_the_run_button_is_disabled_while_pytorch_installs(module_file, button):
+    text = module_file.read_text()
+    assert "if not self._torchReady():" in text and "installationRunning()" in text
+    assert f"self.ui.{button}.enabled = False\n        try:\n            ready = ensureTorch(onInstallStart=self._sayInstalling)" in text
