@@ -82,6 +82,7 @@ class LowResDetectParameterNode:
         on Detect, not saved with the scene).
     threshold - probability threshold of stage 1 and of the refined map.
     margin - box margin in low-resolution (x8) voxels.
+    allowNonCT - skip the check that the volume's intensities suit the model (e.g. HU for a CT model).
     outputSegmentation - where to write the segments; none creates a new segmentation.
     outputTable - the detections table; none creates a new table.
     """
@@ -90,6 +91,7 @@ class LowResDetectParameterNode:
     model: Annotated[str, Choice(detectorChoices())] = detectorChoices()[0]
     threshold: Annotated[float, WithinRange(0.05, 0.95), Decimals(2), SingleStep(0.05)] = 0.5
     margin: Annotated[int, WithinRange(0, 8)] = 1
+    allowNonCT: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
 
@@ -236,6 +238,7 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=detectorModel(parameters.model, self.ui.modelPathLineEdit.currentPath),
                 threshold=parameters.threshold,
                 margin=parameters.margin,
+                allowNonCT=parameters.allowNonCT,
                 outputTable=parameters.outputTable,
                 progress=self._onProgress,
                 cancel=self._cancel,

@@ -78,6 +78,7 @@ class MoNetSegmentationParameterNode:
     keepLargestComponent - keep only the largest connected component.
     localizeFirst - a coarse pass first, then segment only the region it finds (faster).
     show3D - also build the surface shown in 3D views.
+    allowNonCT - skip the check that the volume's intensities suit the model (e.g. HU for a CT model).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -87,6 +88,7 @@ class MoNetSegmentationParameterNode:
     keepLargestComponent: bool = False
     localizeFirst: bool = True
     show3D: bool = False
+    allowNonCT: bool = False
 
 
 #
@@ -232,6 +234,7 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 threshold=parameters.threshold,
                 keepLargestComponent=parameters.keepLargestComponent,
                 localizeFirst=parameters.localizeFirst,
+                allowNonCT=parameters.allowNonCT,
                 show3D=parameters.show3D,
                 progress=self._onProgress,
                 cancel=self._cancel,

@@ -39,7 +39,6 @@ __all__ = ["DetectionLogic", "DetectionOutputs", "Cancelled"]
 _CLI_HINTS = {
     "with --model CARD.json": "with model='CARD.json' (a LowRes model card path)",
     ": choose one with --model": ": choose one with model=NAME",
-    "(use --allow-non-ct to override)": "(pass allowNonCT=True to process() to override)",
 }
 
 

@@ -29,7 +29,7 @@ from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCan
 __all__ = ["SegmentationLogic", "Cancelled", "DEFAULT_MODEL"]
 
 # The engine's messages name its command-line options; say what to do from Python instead.
-_CLI_HINTS = {"(use --allow-non-ct to override)": "(pass allowNonCT=True to process() to override)"}
+_CLI_HINTS = {"(use --allow-non-ct to override)": "(tick 'Skip the intensity check' in the module panel, or pass allowNonCT=True to process(), to override)"}
 
 
 def engineMessage(error: Exception) -> str:

@@ -233,7 +233,7 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
     air = sitk.Image([20, 20, 20], sitk.sitkInt16) + 100  # not a CT for a HU-window model
     air[5, 5, 5] = 300
     grey = volume_bridge.addVolumeFromImage(core.scene, air, "grey")
-    with pytest.raises(ValueError, match=r"does not look like a CT.*allowNonCT=True"):
+    with pytest.raises(ValueError, match=r"does not look like a CT.*'Skip the intensity check'.*allowNonCT=True"):
         logic.process(grey, model=card)
     table = core.scene.AddNewNodeByClass("vtkMRMLTableNode", "t")
     with pytest.raises(ValueError, match="is a vtkMRMLTableNode, not a segmentation"):

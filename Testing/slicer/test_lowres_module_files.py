@@ -77,7 +77,7 @@ def test_every_ui_widget_the_code_uses_exists():
 
 def test_every_parameter_is_bound_to_a_fitting_widget():
     fields = parameter_node_fields()
-    assert set(fields) == {"inputVolume", "model", "threshold", "margin", "outputSegmentation", "outputTable"}
+    assert set(fields) == {"inputVolume", "model", "threshold", "margin", "allowNonCT", "outputSegmentation", "outputTable"}
     assert fields["model"] == "Annotated[str, Choice(detectorChoices())]"
     bound = {}
     for name, (cls, properties) in ui_widgets().items():

@@ -178,7 +178,7 @@ def test_bad_inputs_give_clear_errors(core, logic):
         logic.process(single)
     mri = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 800, (8, 32, 32)).astype(np.float32))
     mri_volume = volume_bridge.addVolumeFromImage(core.scene, mri, "T1")
-    with pytest.raises(ValueError, match=r"cannot segment 'T1': .*does not look like a CT.*allowNonCT=True"):
+    with pytest.raises(ValueError, match=r"cannot segment 'T1': .*does not look like a CT.*tick 'Skip the intensity check' in the module panel, or pass allowNonCT=True"):
         logic.process(mri_volume)
     assert logic.process(mri_volume, allowNonCT=True) is not None
     volume = volume_bridge.addVolumeFromImage(core.scene, phantomImage(GEOMETRIES["axial"]), "ct")

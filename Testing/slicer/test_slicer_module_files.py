@@ -88,7 +88,7 @@ def test_every_ui_widget_the_code_uses_exists():
 def test_every_parameter_is_bound_to_a_fitting_widget():
     fields = parameter_node_fields()
     assert set(fields) == {"inputVolume", "outputSegmentation", "model", "threshold", "keepLargestComponent",
-                           "localizeFirst", "show3D"}
+                           "localizeFirst", "show3D", "allowNonCT"}
     bound = {}
     for name, (cls, properties) in ui_widgets().items():
         parameter = properties.get("SlicerParameterName")
