@@ -33,8 +33,12 @@ from LowResDetectLib.shared import MODEL_CARD_FILE, detectorChoices, detectorMod
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer before 5.4
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -49,7 +53,7 @@ class LowResDetect(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("LowRes Detect")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # the shared category
         self.parent.dependencies = ["Segmentations", "Markups"]
         self.parent.contributors = ["LiteSeg developers"]
         self.parent.helpText = _(
@@ -132,6 +136,13 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Reload the module's libraries too, then the module (Slicer reloads only this file)."""
+        from MoNetSegmentationLib.reloading import reloadLibraries
+
+        reloadLibraries("LowResDetectLib", "MoNetSegmentationLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def cleanup(self) -> None:
         self._cancel.set()
         self.removeObservers()
@@ -166,6 +177,8 @@ class LowResDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateDetectButton)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            if self._parameterNode.model not in detectorChoices():  # a scene saved with another model
+                self._parameterNode.model = detectorChoices()[0]  # (the combo box's connector refuses unknown values)
             # Widgets are found by their "SlicerParameterName" property (see the .ui file); the
             # tag of connectParametersToGui (unlike connectGui's on Slicer 5.8) lets exit() disconnect.
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
@@ -317,6 +330,10 @@ class LowResDetectTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from MoNetSegmentationLib.dependencies import ensureTorch
+
+        if not ensureTorch():  # "Reload and Test" without PyTorch: offer the installation first
+            raise RuntimeError("the self-tests need PyTorch, which is not installed")
         self.setUp()
         self.test_DetectionsAreExact()
         self.setUp()

@@ -29,8 +29,12 @@ from MoNetSegmentationLib.parameter_gui import parameterWidgets
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer before 5.4
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -45,7 +49,7 @@ class MoNetSegmentation(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MoNet Segmentation")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # the shared category
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["LiteSeg developers"]
         self.parent.helpText = _(
@@ -125,6 +129,13 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Reload the module's libraries too, then the module (Slicer reloads only this file)."""
+        from MoNetSegmentationLib.reloading import reloadLibraries
+
+        reloadLibraries("MoNetSegmentationLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def cleanup(self) -> None:
         self._cancel.set()
         self.removeObservers()
@@ -159,6 +170,8 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            if self._parameterNode.model not in bundledModelNames():  # a scene saved with another model
+                self._parameterNode.model = DEFAULT_MODEL  # (the combo box's connector refuses unknown values)
             # Widgets are found by their "SlicerParameterName" property (see the .ui file); the
             # tag of connectParametersToGui (unlike connectGui's on Slicer 5.8) lets exit() disconnect.
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
@@ -300,6 +313,10 @@ class MoNetSegmentationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from MoNetSegmentationLib.dependencies import ensureTorch
+
+        if not ensureTorch():  # "Reload and Test" without PyTorch: offer the installation first
+            raise RuntimeError("the self-tests need PyTorch, which is not installed")
         self.setUp()
         self.test_GeometryIsExact()
         self.setUp()

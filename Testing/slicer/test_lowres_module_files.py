@@ -28,7 +28,7 @@ CONNECTABLE = {
     "int": {"QSpinBox", "QSlider"},
     "str": {"QLineEdit", "QTextEdit", "QComboBox"},
     "pathlib.Path": {"ctkPathLineEdit"},
-    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+    "node": {"qMRMLNodeComboBox"},  # Slicer has no connector for qMRMLSubjectHierarchyTreeView
 }
 
 
