@@ -262,6 +262,8 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.statusLabel.text = _("Completed in {total:.1f} s (inference {inference:.1f} s), pancreas {ml:.1f} mL").format(
             total=seconds.get("total", 0.0), inference=seconds.get("inference", 0.0), ml=self.logic.lastVolumeMl
         )
+        if self.logic.lastMessage:  # e.g. nothing found by the localisation pass
+            self.ui.statusLabel.text += ": " + self.logic.lastMessage
         logging.info(f"MoNetSegmentation: {output.GetName()} in {seconds}")
 
     def _setRunning(self, running: bool) -> None:

@@ -84,6 +84,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         bar.close()
     total = sum(result.seconds.values())
     print(f"wrote {args.output}: {result.foreground_voxels} voxels ({result.foreground_ml:.1f} ml) labelled")
+    if result.message:
+        print(result.message)
     print(f"time {total:.2f} s ({_format_seconds(result.seconds)})")
     return 0
 

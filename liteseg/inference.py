@@ -28,12 +28,14 @@ from .runtime import Runner, batch_for, make_runner
 
 @dataclass
 class SegmentationResult:
-    """A labelmap on the input grid, with the time each stage took (seconds) and the region the
-    full pass segmented (None: the whole volume)."""
+    """A labelmap on the input grid, with the time each stage took (seconds), the region the
+    full pass segmented (None: the whole volume, or nothing: see `message`) and a message for
+    the user when the localisation pass found nothing (the labelmap is then empty)."""
 
     labelmap: sitk.Image
     seconds: dict[str, float] = field(default_factory=dict)
     region: Optional[Region] = None
+    message: str = ""
 
     @property
     def foreground_voxels(self) -> int:
@@ -92,14 +94,15 @@ def locate(
     volume: np.ndarray,
     normalise: Normaliser,
     slice_size: tuple[int, int],
+    indices: np.ndarray,
     step: int,
     localisation: Localisation,
     threshold: float,
     batch_size: int,
     progress: SliceProgress,
 ) -> Optional[Region]:
-    """Run the network on every `step`-th canonical slice; the region its foreground bounds."""
-    indices = coarse_indices(volume.shape[0], step)
+    """Run the network on the canonical slices `indices` (about `step` apart); the region its
+    foreground bounds, or None when it finds nothing."""
     masks = []
     for batch in _batches(indices, batch_size):
         progress.check()
@@ -157,7 +160,9 @@ def segment_image(
     """Segment a 3D image slice by slice along its axial axis; the labelmap has its exact grid.
 
     With `localisation`, a coarse pass over every few slices first bounds the organ and the full
-    pass runs inside that region only (the whole volume when the coarse pass finds nothing).
+    pass runs inside that region only; when it finds nothing, a second look halfway between its
+    slices, and when that finds nothing either, an empty labelmap with `message` saying so (no
+    slow whole-volume pass: `localisation=None` segments every slice).
     `backend` is how the network is executed (see `liteseg.runtime`; results equal up to float
     rounding); `batch_size` (slices per batch) defaults to the backend's best.
     """
@@ -180,12 +185,28 @@ def segment_image(
     if localisation is not None:
         started = time.perf_counter()
         step = localisation.step(orientation.canonical_spacing(image)[0])
-        tracker.total = len(coarse_indices(n_slices, step)) + n_slices
-        region = locate(runner, volume, normalise, preprocessing.slice_size, step, localisation, threshold,
-                        batch_size or batch_for(preprocessing.slice_size, backend), tracker)
-        if region is not None:
-            tracker.total = tracker.done + region.n_slices
+        looks = [coarse_indices(n_slices, step)]
+        if step > 1:  # a finer second look, halfway between, only if the first finds nothing
+            looks.append(looks[0][looks[0] + step // 2 < n_slices] + step // 2)
+        tracker.total = len(looks[0]) + n_slices
+        for indices in looks:
+            region = locate(runner, volume, normalise, preprocessing.slice_size, indices, step, localisation,
+                            threshold, batch_size or batch_for(preprocessing.slice_size, backend), tracker)
+            if region is not None:
+                break
+            tracker.total += len(indices)
         times["localise"] = time.perf_counter() - started
+        if region is None:
+            looked = sum(len(indices) for indices in looks)
+            labelmap = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+            labelmap.CopyInformation(image)
+            if progress is not None:
+                progress(1.0, "nothing found")
+            return SegmentationResult(labelmap, times, None, (
+                f"nothing found in the scanned range: the localisation pass looked at {looked} of {n_slices} "
+                "slices and found no foreground, so the result is empty; segment the whole volume "
+                "(localisation off) to check every slice"))
+        tracker.total = tracker.done + region.n_slices
 
     started = time.perf_counter()
     crop = (region.row1 - region.row0, region.col1 - region.col0) if region else preprocessing.slice_size

@@ -53,6 +53,7 @@ class SegmentationLogic:
         self.lastTimings: dict[str, float] = {}
         self.lastVolumeMl: float = 0.0
         self.lastModel = None  # the card of the last run
+        self.lastMessage = ""  # what the user should know about the last run's result, if anything
 
     # ------------------------------------------------------------------ models
     def availableModels(self) -> list[ModelInfo]:
@@ -204,6 +205,7 @@ class SegmentationLogic:
 
         self.lastTimings = timings
         self.lastVolumeMl = result.foreground_ml
+        self.lastMessage = result.message  # e.g. the localisation pass found nothing: empty segment
         self.lastModel = card
         report(1.0, f"Completed in {timings['total']:.1f} s")
         return outputSegmentation

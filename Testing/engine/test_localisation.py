@@ -68,13 +68,29 @@ def test_localised_segmentation_runs_only_in_the_region_and_finds_the_organ():
     assert set(localised.seconds) == {"preprocess", "localise", "inference", "postprocess"}
 
 
-def test_localisation_falls_back_to_the_whole_volume_when_the_coarse_pass_finds_nothing():
+def thin_object_volume(slice_index: int) -> sitk.Image:
     array = np.full((30, 32, 32), 40, dtype=np.int16)
     array[:, :2] = -1000
-    array[17, 10:14, 10:14] = 150  # one thin object between the coarse slices 4, 14 and 24
+    array[slice_index, 10:14, 10:14] = 150  # one thin object
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((1.0, 1.0, 1.0))
+    return image
+
+
+def test_when_the_coarse_pass_finds_nothing_a_second_look_then_an_empty_result_not_the_whole_volume():
     preprocessing = Preprocessing(slice_size=(32, 32))
-    result = segment_image(image, WindowNet(preprocessing), preprocessing, backend="eager", localisation=Localisation(10.0, 4))
-    assert result.region is None
-    assert result.foreground_voxels == 16
+    network = WindowNet(preprocessing)
+    # coarse slices 4, 14, 24 (10 mm apart), then the second look at 9, 19, 29
+    found = segment_image(thin_object_volume(19), network, preprocessing, backend="eager", localisation=Localisation(10.0, 4))
+    assert found.region is not None and found.foreground_voxels == 16 and not found.message
+    network.seen.clear()
+    fractions = []
+    empty = segment_image(thin_object_volume(17), network, preprocessing, backend="eager", localisation=Localisation(10.0, 4),
+                          progress=lambda f, m: fractions.append(f))
+    assert empty.region is None and empty.foreground_voxels == 0
+    assert "nothing found in the scanned range" in empty.message and "6 of 30 slices" in empty.message
+    assert sum(shape[0] for shape in network.seen) == 6  # never the whole volume
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert empty.labelmap.GetSize() == (32, 32, 30) and empty.labelmap.GetPixelID() == sitk.sitkUInt8
+    whole = segment_image(thin_object_volume(17), network, preprocessing, backend="eager", localisation=None)
+    assert whole.foreground_voxels == 16 and not whole.message  # on request, every slice

@@ -276,3 +276,17 @@ def test_bundled_model_on_a_reoriented_real_ct_slab(core, tmp_path, bundled_mode
     assert "localise" not in logic.lastTimings
     expected = segment_image(original, network, card.preprocessing, threshold=card.threshold).labelmap
     selftest.checkSameVoxels(whole, selftest.checkPancreasSegment(whole, volume), expected, "whole volume")
+
+
+def test_nothing_found_by_the_localisation_pass_is_an_empty_segment_with_a_message(core, logic):
+    array = np.full((16, 20, 24), 40, dtype=np.int16)  # body only: below the threshold network's cut
+    array[:, :3] = -1000
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.1, 1.4, 2.5))
+    volume = volume_bridge.addVolumeFromImage(core.scene, image, "no organ")
+    node = logic.process(volume, localizeFirst=True)
+    segment_id = selftest.checkPancreasSegment(node, volume)
+    assert node.GetSegmentation().GetSegment(segment_id) is not None and logic.lastVolumeMl == 0.0
+    assert "nothing found in the scanned range" in logic.lastMessage and "inference" not in logic.lastTimings
+    logic.process(volume, localizeFirst=False)  # every slice on request
+    assert logic.lastMessage == "" and "inference" in logic.lastTimings
