@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import __version__
+from .console import progress_bar
 from .errors import LiteSegError
 from .localisation import Localisation
 from .modelcard import DEFAULT_MODEL
@@ -22,8 +23,8 @@ def _format_seconds(seconds: dict[str, float]) -> str:
 
 
 class ProgressBar:
-    """A progress callback drawing a tqdm percentage bar, created at the first report so that
-    an error found before any progress prints no bar."""
+    """A progress callback drawing a percentage bar (tqdm, or plain lines without it), created
+    at the first report so that an error found before any progress prints no bar."""
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -31,9 +32,7 @@ class ProgressBar:
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, desc=self.description, unit="%")
+            self.bar = progress_bar(100, self.description, "%")
         self.bar.set_postfix_str(message, refresh=False)
         self.bar.update(round(fraction * 100) - self.bar.n)
 
@@ -114,9 +113,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         cases, dices, curve = evaluate_detections(args.prediction, args.reference, ref_labels=args.label_values)
         print(format_detection_table(cases, dices, curve))
-        for path in (write_froc_csv(curve, args.froc.with_name(args.froc.name + ".csv")),
-                     plot_froc(curve, args.froc.with_name(args.froc.name + ".png"))):
-            print(f"wrote {path}")
+        print(f"wrote {write_froc_csv(curve, args.froc.with_name(args.froc.name + '.csv'))}")
+        if matplotlib_available("FROC plot"):
+            print(f"wrote {plot_froc(curve, args.froc.with_name(args.froc.name + '.png'))}")
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .components import largest_component
+from .console import iterate
 from .errors import Cancelled, LiteSegError, WeightsError
 from .geometry import slice_orientation
 from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
@@ -311,9 +312,7 @@ def segment_folder(
     cases: list[FolderCase] = []
     iterator = inputs
     if progress_bar:
-        from tqdm import tqdm
-
-        iterator = tqdm(inputs, desc="segmenting", unit="volume")
+        iterator = iterate(inputs, "segmenting", "volume")
     for path in iterator:
         output = output_dir / (case_name(path) + (image_suffix(path) or ".nii.gz"))
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Headless training of the slice-by-slice networks (MoNet recipe): cases, augmentation, loss,
-trainer and the `liteseg train` command. Needs tqdm and matplotlib for the progress bar and the
-training curve."""
+trainer and the `liteseg train` command. Uses tqdm and matplotlib when installed (progress bar,
+training curve PNG); without them it prints plain progress lines and skips the PNG."""
 
 from .datasets import Case, case_from_pair, cases_from_decathlon, cases_from_pairs_csv, split_by_patient
 from .trainer import LABEL_PRESETS, TrainConfig, train

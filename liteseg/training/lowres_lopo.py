@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..detection_cli import load_detector
 from ..errors import LiteSegError
+from ..console import matplotlib_available
 from ..froc import froc_curve, plot_froc, write_froc_csv
 from ..modelcard import ModelCard, write_card
 from .datasets import Case
@@ -58,7 +59,7 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
     curve = froc_curve(pooled.scans)
     output = Path(config.output)
     froc_csv = write_froc_csv(curve, output / f"{config.name}{FROC_SUFFIX}.csv")
-    froc_png = plot_froc(curve, output / f"{config.name}{FROC_SUFFIX}.png")
+    froc_png = plot_froc(curve, output / f"{config.name}{FROC_SUFFIX}.png") if matplotlib_available("FROC plot") else None
     data = json.loads(card_path.read_text())
     data["leave_one_patient_out"] = {
         "method": "one fold per patient, trained with the same options on the other patients; the fold's last-epoch "
@@ -70,7 +71,7 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
         **{f"pooled_{k}": v for k, v in pooled.summary().items()},
         "objects_hit": sum(row["objects_hit"] for row in pooled.cases),
         "froc_csv": froc_csv.name,
-        "froc_png": froc_png.name,
+        "froc_png": froc_png.name if froc_png else None,
         "folds": folds,
         "limits": f"{curve.n_objects} objects in {curve.n_scans} scans of {len(folds)} patients: each object moves "
         f"the recall by {1 / curve.n_objects:.2f}. The folds estimate the training recipe, not these exact weights "

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from ..console import iterate, matplotlib_available
 from ..detection import DetectionPreprocessing, DetectionResult, detect_image
 from ..errors import LiteSegError
 from ..froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
@@ -225,9 +226,7 @@ def read_detection_case(case: Case, config: LowResTrainConfig) -> tuple[sitk.Ima
 def load_volumes(cases: Sequence[Case], config: LowResTrainConfig, progress_bar: bool) -> list[PatchVolume]:
     """The training cases as canonical, normalised `PatchVolume`s held in memory."""
     if progress_bar:
-        from tqdm import tqdm
-
-        cases = tqdm(cases, desc="loading training cases", unit="case")
+        cases = iterate(cases, "loading training cases", "case")
     volumes = [canonical_volume(*read_detection_case(c, config), config.preprocessing) for c in cases]
     if not any(v.has_lesion for v in volumes):
         raise LiteSegError(f"no training case holds any of the label values {list(config.label_values)}")
@@ -358,7 +357,8 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
             },
             checkpoint,
         )
-        plot_lowres_curve(history, Path(config.output) / CURVE_NAME, config.stage1_epochs)
+        if matplotlib_available("training curve"):
+            plot_lowres_curve(history, Path(config.output) / CURVE_NAME, config.stage1_epochs)
 
     if not weights.is_file():
         save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .. import __version__
+from ..console import iterate, matplotlib_available, progress_bar
 from ..errors import LiteSegError
 from ..inference import segment_image
 from ..metrics import dice, hausdorff95
@@ -283,7 +284,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
             },
             checkpoint,
         )
-        plot_curve(history, Path(config.output) / CURVE_NAME)
+        if matplotlib_available("training curve"):
+            plot_curve(history, Path(config.output) / CURVE_NAME)
 
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     results = _evaluate(network, val_cases, config, device, with_hd95=True)
@@ -330,19 +332,13 @@ def plot_curve(history: Sequence[dict], path: Path) -> Path:
 
 
 def epoch_bar(total: int, description: str, enabled: bool):
-    """A tqdm bar of `total` batches, or None without progress display."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="batch")
+    """A bar of `total` batches (tqdm, or plain lines without it), or None without progress display."""
+    return progress_bar(total, description, "batch") if enabled else None
 
 
 def _load(cases: Sequence[Case], config: TrainConfig, what: str, progress_bar: bool) -> Slices:
     if progress_bar:
-        from tqdm import tqdm
-
-        cases = tqdm(cases, desc=f"loading {what} cases", unit="case")
+        cases = iterate(cases, f"loading {what} cases", "case")
     slices = Slices.concatenate([load_slices(c, config.label_values, config.preprocessing) for c in cases])
     if not slices.foreground.any():
         raise LiteSegError(f"no {what} slice holds any of the label values {list(config.label_values)}")

@@ -1,0 +1,75 @@
+"""Progress display for the command line and headless training: a tqdm bar when tqdm is
+installed (the `cli` extra), else plain lines on stderr, so a bare install (torch, numpy,
+SimpleITK only) runs every command. Also the one check for matplotlib, which draws the PNGs."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from typing import Iterable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+PLAIN_INTERVAL_S = 5.0  # plain progress: at most one line per this many seconds (and the last)
+
+
+class PlainBar:
+    """What the commands use of a tqdm bar (update, n, set_postfix, set_postfix_str, close),
+    written as occasional plain lines: "description: done/total unit (postfix)"."""
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.postfix = ""
+        self._last = 0.0
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        now = time.monotonic()
+        if now - self._last >= PLAIN_INTERVAL_S or self.n >= self.total:
+            self._last = now
+            self._write()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def _write(self) -> None:
+        extra = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit}{extra}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.postfix:
+            self._write()
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    """A tqdm bar, or a `PlainBar` when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return PlainBar(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def iterate(items: Iterable[T], desc: str, unit: str, total: Optional[int] = None) -> Iterator[T]:
+    """`items` one by one with a progress display."""
+    items = list(items) if total is None else items
+    bar = progress_bar(len(items) if total is None else total, desc, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def matplotlib_available(what: str) -> bool:
+    """Whether matplotlib can be imported; warns once per call that `what` is skipped otherwise."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warnings.warn(f"{what} not drawn: matplotlib is not installed (pip install 'liteseg[cli]')", stacklevel=2)
+        return False
+    return True
