@@ -67,8 +67,9 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def check_volume(image: sitk.Image, what: str = "input") -> None:
-    """Refuse images no 3D segmentation model can use, with a one-line reason."""
+def check_volume(image: sitk.Image, what: str = "input", single_slice: bool = False) -> None:
+    """Refuse images no model can use, with a one-line reason; a single slice only when
+    `single_slice` (2D slice-by-slice models segment it; 3D models need a volume)."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidImageError(
             f"{what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -80,8 +81,10 @@ def check_volume(image: sitk.Image, what: str = "input") -> None:
         dimension = 3
     if dimension != 3:
         raise InvalidImageError(f"{what} is {dimension}D with size {size}; a 3D volume is required")
-    if min(size[:3]) < 2:
-        raise InvalidImageError(f"{what} has size {size[:3]}: a single slice, a 3D volume is required")
+    if min(size[:3]) < 2 and not (single_slice and sorted(size[:3])[1] >= 2):
+        kind = "a single slice" if sorted(size[:3])[1] >= 2 else "a line or a point"
+        model = "this 3D model needs a volume of at least 2 slices" if kind == "a single slice" else "an image is required"
+        raise InvalidImageError(f"{what} has size {size[:3]}: {kind}; {model}")
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidImageError(f"{what} contains NaN or infinite voxel values")

@@ -18,7 +18,7 @@ from torch import nn
 
 from .components import largest_component
 from .console import iterate
-from .errors import Cancelled, LiteSegError, WeightsError
+from .errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from .geometry import slice_orientation
 from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
 from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
@@ -171,11 +171,14 @@ def segment_image(
     times: dict[str, float] = {}
     started = time.perf_counter()
     image = as_3d(image)
-    check_volume(image)
+    check_volume(image, single_slice=True)
     if preprocessing.modality == "CT" and not allow_non_ct:
         check_ct_intensities(image)
     orientation = slice_orientation(image)
     volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
+    if min(volume.shape[1:]) < 2:
+        raise InvalidImageError(f"input is a single slice that is not axial (canonical shape {volume.shape}): "
+                                "this model segments axial slices")
     normalise = preprocessing.normalizer(volume)
     runner = make_runner(network, backend)
     times["preprocess"] = time.perf_counter() - started

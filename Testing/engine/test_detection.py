@@ -119,6 +119,13 @@ def test_grey_model_refuses_hounsfield_units():
     detect_image(image, known_network(), GREY, allow_non_ct=True)  # the user's choice
 
 
+def test_a_single_slice_is_refused_by_the_3d_detector_with_the_reason():
+    array = np.zeros((1, 16, 16), np.uint8)
+    array[0, 4:8, 4:8] = 255
+    with pytest.raises(InvalidImageError, match="a single slice; this 3D model needs a volume of at least 2 slices"):
+        detect_image(grey_image(array), known_network(), GREY)
+
+
 # --- boxes, margins, objects ---------------------------------------------------------------
 
 

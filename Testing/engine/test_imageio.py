@@ -81,8 +81,11 @@ def test_bad_volumes_are_refused_with_a_reason():
     nan[2, 3, 4] = np.nan
     with pytest.raises(InvalidImageError, match="NaN"):
         check_volume(sitk.GetImageFromArray(nan))
-    with pytest.raises(InvalidImageError, match="single slice"):
+    with pytest.raises(InvalidImageError, match="a single slice; this 3D model needs a volume of at least 2 slices"):
         check_volume(phantom_image(np.eye(3), size=(20, 20, 1)))
+    check_volume(phantom_image(np.eye(3), size=(20, 20, 1)), single_slice=True)  # what 2D models accept
+    with pytest.raises(InvalidImageError, match="a line or a point"):
+        check_volume(phantom_image(np.eye(3), size=(20, 1, 1)), single_slice=True)
 
 
 def test_singleton_fourth_dimension_is_dropped():

@@ -14,6 +14,7 @@ from liteseg.imageio import read_image, write_image
 from liteseg.inference import segment_file, segment_folder, segment_image
 from liteseg.modelcard import PANCREAS_LABEL, ModelCard, load_network, sha256_file
 from liteseg.models import build_model
+from liteseg.localisation import Localisation
 from liteseg.preprocessing import Preprocessing
 
 from conftest import GEOMETRIES, phantom_image
@@ -209,3 +210,18 @@ def test_a_detection_model_is_refused_by_the_segmentation_path(tmp_path):
     with pytest.raises(WeightsError, match="not a slice-by-slice"):
         segment_file(tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", model=lowres.path)
     assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_single_axial_slice_is_segmented_on_its_grid_and_a_single_coronal_slice_is_refused():
+    image = phantom_image(GEOMETRIES["axial_ras_like"])
+    preprocessing = Preprocessing(slice_size=(32, 32))
+    network = WindowNet(preprocessing)
+    whole = sitk.GetArrayFromImage(segment_image(image, network, preprocessing, backend="eager").labelmap)
+    k = int(np.argmax(whole.sum(axis=(1, 2))))
+    one = image[:, :, k : k + 1]
+    for localisation in (None, Localisation(15.0, 4)):
+        result = segment_image(one, network, preprocessing, backend="eager", localisation=localisation)
+        assert result.labelmap.GetSize() == one.GetSize() and result.labelmap.GetOrigin() == one.GetOrigin()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labelmap)[0], whole[k])
+    with pytest.raises(InvalidImageError, match="single slice that is not axial"):
+        segment_image(image[:, 10:11, :], network, preprocessing, backend="eager")
