@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import __version__
-from .console import progress_bar
+from .console import ProgressBar, matplotlib_available
 from .errors import LiteSegError
 from .localisation import Localisation
 from .modelcard import DEFAULT_MODEL
@@ -20,25 +20,6 @@ from .runtime import BACKENDS
 
 def _format_seconds(seconds: dict[str, float]) -> str:
     return ", ".join(f"{stage} {value:.2f} s" for stage, value in seconds.items())
-
-
-class ProgressBar:
-    """A progress callback drawing a percentage bar (tqdm, or plain lines without it), created
-    at the first report so that an error found before any progress prints no bar."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.bar = None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.bar is None:
-            self.bar = progress_bar(100, self.description, "%")
-        self.bar.set_postfix_str(message, refresh=False)
-        self.bar.update(round(fraction * 100) - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def cmd_models(_args: argparse.Namespace) -> int:
@@ -187,7 +168,7 @@ def train_parser(method: str) -> argparse.ArgumentParser:
     """The options of `liteseg train --method METHOD` (each method has its own)."""
     parser = argparse.ArgumentParser(prog=f"liteseg train --method {method}")
     if method == "lowres":
-        from .training.lowres_trainer import configure_lowres_parser, run_lowres
+        from .training.lowres_cli import configure_lowres_parser, run_lowres
 
         configure_lowres_parser(parser)
         parser.set_defaults(run=run_lowres)

@@ -73,3 +73,22 @@ def matplotlib_available(what: str) -> bool:
         warnings.warn(f"{what} not drawn: matplotlib is not installed (pip install 'liteseg[cli]')", stacklevel=2)
         return False
     return True
+
+
+class ProgressBar:
+    """A progress callback drawing a percentage bar (tqdm, or plain lines without it), created
+    at the first report so that an error found before any progress prints no bar."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(100, self.description, "%")
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(round(fraction * 100) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from .components import Box, component_boxes, label_components
-from .errors import Cancelled, InvalidImageError, LiteSegError
+from .errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from .geometry import SliceOrientation, slice_orientation
-from .imageio import as_3d, check_ct_intensities, check_volume
+from .imageio import as_3d, case_name, check_ct_intensities, check_volume
+from .modelcard import ModelCard, bundled_cards, find_card, load_network
 from .models.lowres import LowResFeatures, LowResNet, LowResStage1
 from .progress import CancelFlag, ProgressCallback, is_cancelled
 
@@ -50,6 +51,7 @@ STAGE1_HALO = 9
 _LEVEL_FACTOR = {"x2_inp": 4, "x2": 4, "x4": 2, "x8": 1, "logits8": 1}
 
 _SLAB_CELLS = 4  # x8 rows per slab when upsampling the stage-1 logits to full resolution
+LOWRES_NETWORK = "lowres"  # the network name of LowRes model cards
 _LOGIT_LIMIT = 60000.0  # logits are clamped to the float16 range of the full-resolution map
 
 DETECTION_CSV_COLUMNS = (
@@ -418,3 +420,32 @@ def write_detections_csv(detections: Sequence[Detection], path: str | Path) -> P
                 ]
             )
     return path
+
+
+def default_csv_path(output: Path) -> Path:
+    """`OUTPUT` without its image extension, plus `_detections.csv`, in the same folder."""
+    return output.with_name(f"{case_name(output)}_detections.csv")
+
+
+def find_lowres_card(model: str | Path | None) -> ModelCard:
+    """The card of `model` (name or .json path), or of the only bundled LowRes model."""
+    if model is None:
+        cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK]
+        if not cards:
+            raise WeightsError("no LowRes model is bundled: give a model card with --model CARD.json")
+        if len(cards) > 1:
+            raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)}): choose one with --model")
+        return cards[0]
+    card = find_card(model)
+    if card.network != LOWRES_NETWORK:
+        raise LiteSegError(f"model {card.name!r} is a {card.network!r} network; detection needs a {LOWRES_NETWORK!r} model")
+    return card
+
+
+def load_detector(card: ModelCard) -> tuple[LowResNet, DetectionPreprocessing]:
+    """The card's LowRes network (checksum verified, eval mode) and its detection preprocessing."""
+    try:
+        preprocessing = DetectionPreprocessing.from_dict(card.data["input"]["preprocessing"])
+    except (KeyError, TypeError) as error:
+        raise WeightsError(f"model card {card.path} has no usable input preprocessing: {error}") from None
+    return load_network(card), preprocessing  # type: ignore[return-value]

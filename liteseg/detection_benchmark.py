@@ -20,8 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from .baseline3d import detect_sliding_window, train_unet3d, unet3d
-from .detection import DetectionPreprocessing
-from .detection_cli import load_detector
+from .detection import DetectionPreprocessing, load_detector
 from .errors import LiteSegError
 from .modelcard import ModelCard
 from .models.lowres import LowResNet

@@ -6,18 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
+from .console import ProgressBar
 from .detection import (
     DEFAULT_MAX_VOXELS_STAGE1,
-    DetectionPreprocessing,
+    default_csv_path,
     detect_image,
+    find_lowres_card,
+    load_detector,
     write_detections_csv,
 )
-from .errors import LiteSegError, WeightsError
-from .imageio import case_name, read_image, write_image
-from .modelcard import ModelCard, bundled_cards, find_card, load_network
-from .models.lowres import LowResNet
-
-LOWRES_NETWORK = "lowres"
+from .errors import LiteSegError
+from .imageio import read_image, write_image
 
 
 def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,35 +42,6 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def default_csv_path(output: Path) -> Path:
-    """`OUTPUT` without its image extension, plus `_detections.csv`, in the same folder."""
-    return output.with_name(f"{case_name(output)}_detections.csv")
-
-
-def find_lowres_card(model: str | Path | None) -> ModelCard:
-    """The card of `model` (name or .json path), or of the only bundled LowRes model."""
-    if model is None:
-        cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK]
-        if not cards:
-            raise WeightsError("no LowRes model is bundled: give a model card with --model CARD.json")
-        if len(cards) > 1:
-            raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)}): choose one with --model")
-        return cards[0]
-    card = find_card(model)
-    if card.network != LOWRES_NETWORK:
-        raise LiteSegError(f"model {card.name!r} is a {card.network!r} network; detection needs a {LOWRES_NETWORK!r} model")
-    return card
-
-
-def load_detector(card: ModelCard) -> tuple[LowResNet, DetectionPreprocessing]:
-    """The card's LowRes network (checksum verified, eval mode) and its detection preprocessing."""
-    try:
-        preprocessing = DetectionPreprocessing.from_dict(card.data["input"]["preprocessing"])
-    except (KeyError, TypeError) as error:
-        raise WeightsError(f"model card {card.path} has no usable input preprocessing: {error}") from None
-    return load_network(card), preprocessing  # type: ignore[return-value]
-
-
 def run_detect(args: argparse.Namespace) -> int:
     """Detect objects in `args.input`; write the labelmap and the detections CSV."""
     csv_path = args.csv or default_csv_path(args.output)
@@ -86,8 +56,6 @@ def run_detect(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     image = read_image(args.input)
     seconds = {"read": time.perf_counter() - started}
-    from .cli import ProgressBar
-
     bar = ProgressBar("detecting")
     try:
         result = detect_image(

@@ -1,7 +1,7 @@
 """Detection metrics of `liteseg evaluate --froc`: object Dice, FROC curve and average recall.
 
 Each prediction is a labelmap written by `liteseg detect` with its detections CSV beside it
-(`detection_cli.default_csv_path`). A detection's voxels are the labelmap's foreground inside
+(`detection.default_csv_path`). A detection's voxels are the labelmap's foreground inside
 its box (a neighbouring object reaching into the box counts too); matching, FROC and object
 Dice are those of `froc`.
 """
@@ -16,8 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .components import Box
-from .detection import DETECTION_CSV_COLUMNS
-from .detection_cli import default_csv_path
+from .detection import DETECTION_CSV_COLUMNS, default_csv_path
 from .errors import LiteSegError
 from .evaluation import paired_paths, read_pair
 from .froc import FrocCurve, ScanMatch, average_recall, froc_curve, match_scan, object_dice

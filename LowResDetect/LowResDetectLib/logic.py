@@ -87,7 +87,7 @@ class DetectionLogic:
                 if self._detectorLoader is not None:
                     self._detectors[key] = self._detectorLoader(model)
                 else:
-                    from liteseg.detection_cli import find_lowres_card, load_detector
+                    from liteseg.detection import find_lowres_card, load_detector
 
                     card = find_lowres_card(model)
                     network, preprocessing = load_detector(card)

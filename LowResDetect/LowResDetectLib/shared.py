@@ -41,7 +41,7 @@ from MoNetSegmentationLib.parameter_gui import parameterWidgets  # noqa: E402,F4
 importEngine()
 from liteseg.modelcard import bundled_cards  # noqa: E402  (torch-free)
 
-LOWRES_NETWORK = "lowres"  # liteseg.detection_cli.LOWRES_NETWORK, which imports torch
+LOWRES_NETWORK = "lowres"  # liteseg.detection.LOWRES_NETWORK, which imports torch
 
 
 MODEL_CARD_FILE = "Model card file..."  # the model choice that reads the card path field

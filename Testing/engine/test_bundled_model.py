@@ -94,7 +94,7 @@ DEEPLESION = "ct/lesions_DeepLesion/CT_Lesion_000002_03_01_035-047"
 
 
 def bundled_lowres_card():
-    from liteseg.detection_cli import find_lowres_card
+    from liteseg.detection import find_lowres_card
 
     return find_lowres_card(None)
 

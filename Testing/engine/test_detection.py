@@ -26,13 +26,15 @@ from liteseg.components import Box
 from liteseg.detection import (
     DETECTION_CSV_COLUMNS,
     DetectionPreprocessing,
+    default_csv_path,
     detect_image,
+    find_lowres_card,
     plan_tiles,
     stage1_features,
     upsampled_logits,
     write_detections_csv,
 )
-from liteseg.detection_cli import configure_detect_parser, default_csv_path, find_lowres_card, run_detect
+from liteseg.detection_cli import configure_detect_parser, run_detect
 from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from liteseg.models.lowres import LowResFeatures, LowResNet, LowResStage1, LowResStage2
 

@@ -11,16 +11,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from liteseg.detection import DetectionPreprocessing, detect_image
+from liteseg.detection import DetectionPreprocessing, detect_image, find_lowres_card, load_detector
 from liteseg.detection_benchmark import compare_lopo, format_comparison, time_large_volume
-from liteseg.detection_cli import find_lowres_card, load_detector
 from liteseg.errors import LiteSegError
 from liteseg.models.lowres import LowResNet
 from liteseg.training.datasets import Case
+from liteseg.training.lowres_cli import configure_lowres_parser, lowres_config
 from liteseg.training.lowres_trainer import (
     LowResTrainConfig,
-    configure_lowres_parser,
-    lowres_config,
     make_optimizers,
     max_pooled_target,
     set_stage,

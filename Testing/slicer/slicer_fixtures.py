@@ -80,7 +80,7 @@ def _required(condition: bool, what: str) -> None:
 @pytest.fixture()
 def bundled_lowres_model():
     """The bundled LowRes model's card (skipped when none is bundled, except in CI)."""
-    from liteseg.detection_cli import LOWRES_NETWORK
+    from liteseg.detection import LOWRES_NETWORK
     from liteseg.modelcard import bundled_cards
 
     cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK and card.weights_path.is_file()]

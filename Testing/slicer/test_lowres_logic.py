@@ -24,8 +24,7 @@ from slicer_fixtures import ROOT, core  # noqa: E402,F401  (pytest fixtures)
 if str(ROOT / "LowResDetect") not in sys.path:
     sys.path.insert(0, str(ROOT / "LowResDetect"))
 
-from liteseg.detection import detect_image  # noqa: E402
-from liteseg.detection_cli import find_lowres_card, load_detector  # noqa: E402
+from liteseg.detection import detect_image, find_lowres_card, load_detector  # noqa: E402
 
 from LowResDetectLib import outputs, selftest, shared  # noqa: E402
 from LowResDetectLib.logic import Cancelled, DetectionLogic  # noqa: E402

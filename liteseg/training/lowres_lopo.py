@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from ..detection_cli import load_detector
+from ..detection import load_detector
 from ..errors import LiteSegError
 from ..console import matplotlib_available
 from ..froc import froc_curve, plot_froc, write_froc_csv

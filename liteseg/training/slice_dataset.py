@@ -114,7 +114,6 @@ class SliceFile:
 
     image: Path
     mask: Path
-    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def cases_from_slice_dataset(path: str | Path) -> list:
     by_patient: dict[str, list[SliceFile]] = {}
     for row in rows:
         name = row[file_column]
-        by_patient.setdefault(row[patient_column], []).append(SliceFile(images / name, masks / name, row.get("variant", "")))
+        by_patient.setdefault(row[patient_column], []).append(SliceFile(images / name, masks / name))
     cases: list = [
         SlicePatient(patient, tuple(files), grey, spec.get("rows", "anterior_to_posterior"), float(spec.get("mask_threshold", 127)))
         for patient, files in by_patient.items()
