@@ -193,12 +193,12 @@ def segment_image(
         if step > 1:  # a finer second look, halfway between, only if the first finds nothing
             looks.append(looks[0][looks[0] + step // 2 < n_slices] + step // 2)
         tracker.total = len(looks[0]) + n_slices
-        for indices in looks:
+        for number, indices in enumerate(looks):
+            tracker.total += len(indices) if number else 0
             region = locate(runner, volume, normalise, preprocessing.slice_size, indices, step, localisation,
                             threshold, batch_size or batch_for(preprocessing.slice_size, backend), tracker)
             if region is not None:
                 break
-            tracker.total += len(indices)
         times["localise"] = time.perf_counter() - started
         if region is None:
             looked = sum(len(indices) for indices in looks)
