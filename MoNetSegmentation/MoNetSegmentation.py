@@ -56,7 +56,9 @@ class MoNetSegmentation(ScriptedLoadableModule):
             "Segments the pancreas in an abdominal CT on the CPU with MoNet, a very small 2D network "
             "applied slice by slice (Knolle et al., PLoS ONE 2021). The result is a segmentation with a "
             "'Pancreas' segment (SNOMED CT terminology) on exactly the input volume's grid, placed beside "
-            "the volume. The bundled weights are a demonstration model: read the model card before any use. "
+            "the volume. The bundled model was trained on contrast-enhanced (portal-venous) CT slices of 40 "
+            "patients of the NIH Pancreas-CT collection; it is not a clinical model and fails on non-contrast CT: "
+            "read its model card before any use. "
             "From Python: <code>MoNetSegmentation.MoNetSegmentationLogic().process(volumeNode)</code>."
         )
         self.parent.acknowledgementText = _(

@@ -157,6 +157,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"segmentation: {result.segmentation}")
     print(f"outline picture: {result.picture}")
     print(f"Dice against the sample's reference pancreas mask: {result.dice:.3f}")
+    if result.recorded_dice is not None:
+        print(f"(the model card records {result.recorded_dice:.3f} on this CT, which the model never saw; "
+              f"what it was trained on and its held-out figures: {result.card})")
     print(f"time {sum(result.seconds.values()):.2f} s ({_format_seconds(result.seconds)})")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +30,8 @@ class DemoResult:
     dice: float
     seconds: dict[str, float]
     model: str
+    card: Path  # the model card: what the model was trained on and what it was measured on
+    recorded_dice: Optional[float]  # the card's Dice on this CT (liteseg evaluate --record), if any
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -85,4 +88,5 @@ def run_demo(
     sitk.WriteImage(picture, str(picture_path))
     seconds = {"load": load_seconds, **result.seconds, "write": time.perf_counter() - started}
     score = dice(sitk.GetArrayViewFromImage(result.labelmap) > 0, sitk.GetArrayViewFromImage(reference) > 0.5)
-    return DemoResult(segmentation, picture_path, score, seconds, f"{card.name} {card.version}")
+    return DemoResult(segmentation, picture_path, score, seconds, f"{card.name} {card.version}", card.path,
+                      card.sample_ct_dice)

@@ -67,6 +67,7 @@ def test_demo_segments_the_sample_ct_on_its_grid(tmp_path, monkeypatch, sample_c
     assert picture.GetNumberOfComponentsPerPixel() == 3 and picture.GetSize()[0] > 3 * 101
     # the bundled card records the Dice of the same weights on this CT, which it never saw
     recorded = find_card(DEFAULT_MODEL).sample_ct_dice
+    assert result.recorded_dice == recorded and result.card == find_card(DEFAULT_MODEL).path
     assert result.dice == pytest.approx(recorded, abs=0.02)
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_pancreas_path))) > 0.5
     assert dice(sitk.GetArrayFromImage(segmentation), reference) == pytest.approx(result.dice)
