@@ -21,7 +21,7 @@ from .preprocessing import Preprocessing
 if TYPE_CHECKING:
     from torch import nn
 
-DEFAULT_MODEL = "monet-pancreas-ct-demo"
+DEFAULT_MODEL = "monet-pancreas-nih"
 CARD_SUFFIX = ".json"
 REQUIRED_KEYS = ("name", "version", "network", "weights", "sha256", "input", "output", "labels")
 
