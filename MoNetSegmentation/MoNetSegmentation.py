@@ -215,25 +215,10 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._run()
 
     def _torchReady(self) -> bool:
-        """PyTorch importable, installed first if the user agrees; the button stays disabled
-        while an installation runs (one at a time for both LiteSeg modules)."""
-        from MoNetSegmentationLib.dependencies import ensureTorch, installationRunning
+        """PyTorch importable, installed first if the user agrees (see `torchReadyForPanel`)."""
+        from MoNetSegmentationLib.dependencies import torchReadyForPanel
 
-        if installationRunning():
-            self.ui.statusLabel.text = _("PyTorch is being installed: wait until it is done")
-            return False
-        self.ui.applyButton.enabled = False
-        try:
-            ready = ensureTorch(onInstallStart=self._sayInstalling)
-        finally:
-            self._updateApplyButton()
-        if not ready:
-            self.ui.statusLabel.text = _("PyTorch is needed: not installed")
-        return ready
-
-    def _sayInstalling(self) -> None:
-        self.ui.statusLabel.text = _("Installing PyTorch (CPU build, a few hundred MB): this can take some minutes...")
-        slicer.app.processEvents()
+        return torchReadyForPanel(self.ui.applyButton, self.ui.statusLabel, self._updateApplyButton, _)
 
     def _run(self) -> None:
         from MoNetSegmentationLib.logic import Cancelled

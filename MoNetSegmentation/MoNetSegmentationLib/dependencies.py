@@ -80,6 +80,30 @@ def ensureTorch(onInstallStart: Optional[Callable[[], None]] = None) -> bool:
     return installOnce(_installTorch)
 
 
+def torchReadyForPanel(button, statusLabel, refresh: Callable[[], None], translate: Callable[[str], str] = str) -> bool:
+    """A panel's check before it runs: `ensureTorch` with the run `button` disabled meanwhile
+    (`refresh` restores it), what happens in `statusLabel`, and False at once while the other
+    module installs PyTorch. `translate` is the module's `_`."""
+    if installationRunning():
+        statusLabel.text = translate("PyTorch is being installed: wait until it is done")
+        return False
+
+    def sayInstalling() -> None:
+        import slicer
+
+        statusLabel.text = translate("Installing PyTorch (CPU build, a few hundred MB): this can take some minutes...")
+        slicer.app.processEvents()
+
+    button.enabled = False
+    try:
+        ready = ensureTorch(onInstallStart=sayInstalling)
+    finally:
+        refresh()
+    if not ready:
+        statusLabel.text = translate("PyTorch is needed: not installed")
+    return ready
+
+
 def _installTorch() -> bool:
     """Install a CPU build of PyTorch (the PyTorch extension's installer when present, else pip)."""
     import slicer

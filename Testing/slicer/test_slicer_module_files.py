@@ -226,41 +226,31 @@ def test_one_pytorch_installation_at_a_time():
     assert not dependencies.installationRunning()  # a failed installation can be retried
 
 
-@pytest.mark.parametrize("module_file, button", [(MODULE_FILE, "applyButton"),
-                                                 (MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py", "detectButton")])
-def test_the_run_button_is_disabled_while_pytorch_installs(module_file, button):
+@pytest.mark.parametrize("module_file, button, refresh", [
+    (MODULE_FILE, "applyButton", "_updateApplyButton"),
+    (MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py", "detectButton", "_updateDetectButton")])
+def test_the_run_button_is_disabled_while_pytorch_installs(module_file, button, refresh):
     text = module_file.read_text()
-    assert "if not self._torchReady():" in text and "installationRunning()" in text
-    assert f"self.ui.{button}.enabled = False\n        try:\n            ready = ensureTorch(onInstallStart=self._sayInstalling)" in text
+    assert "if not self._torchReady():" in text
+    assert f"return torchReadyForPanel(self.ui.{button}, self.ui.statusLabel, self.{refresh}, _)" in text
 
 
-@pytest.mark.parametrize("module_file", [MODULE_FILE, MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py"])
-def test_module_reloads_its_libraries_self_tests_ask_for_torch_and_the_category_is_shared(module_file):
-    text = module_file.read_text()
-    assert 'self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in text
-    assert "reloadLibraries(" in text and "ScriptedLoadableModuleWidget.onReload(self)" in text
-    run_test = text[text.index("    def runTest(self):"):]
-    assert run_test.index("ensureTorch()") < run_test.index("self.setUp()")
-    # a saved scene naming a model that is not offered is reset before the GUI is connected
-    setter = text[text.index("    def setParameterNode("):]
-    assert setter.index("self._parameterNode.model not in") < setter.index("connectParametersToGui")
-
-
-def test_reload_libraries_picks_up_edited_code(tmp_path, monkeypatch):
+def test_the_panel_check_refreshes_the_button_and_waits_for_another_installation():
     import sys
+    from types import SimpleNamespace
 
     sys.path.insert(0, str(MODULE_DIR))
-    from MoNetSegmentationLib.reloading import reloadLibraries
+    from MoNetSegmentationLib import dependencies
 
-    package = tmp_path / "FakeLib"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "values.py").write_text("VALUE = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import FakeLib.values
+    button, status = SimpleNamespace(enabled=True), SimpleNamespace(text="")
+    refreshed = []
 
-    (package / "values.py").write_text("VALUE = 2  # edited\n")
-    assert reloadLibraries("FakeLib") == ["FakeLib.values", "FakeLib"]
-    assert sys.modules["FakeLib.values"].VALUE == 2
-    for name in ("FakeLib.values", "FakeLib"):
-        monkeypatch.delitem(sys.modules, name)
+    def refresh():
+        refreshed.append(button.enabled)
+        button.enabled = True
+
+    assert dependencies.torchReadyForPanel(button, status, refresh) is True  # torch is installed here
+    assert refreshed == [False] and button.enabled  # disabled during the check, then restored
+    seen = []
+    dependencies.installOnce(lambda: seen.append(dependencies.torchReadyForPanel(button, status, refresh)) or True)
+    assert seen == [False] and status.text == "PyTorch is being installed: wait until it is done"
