@@ -21,6 +21,7 @@ from .localisation import Localisation
 from .metrics import dice
 from .modelcard import ModelCard, write_card
 from .progress import ProgressCallback
+from .training.slice_dataset import SlicePatient
 
 # Slices at least this far (mm) from every reference slice count as "a CT part without pancreas".
 FAR_FROM_TARGET_MM = 30.0
@@ -52,7 +53,7 @@ def evaluate_slice_patients(
 ) -> list[PatientDice]:
     """Per-patient pooled Dice of `patients` (slice-dataset cases), whole slices segmented by
     `segment_image` with the card's threshold and no localisation (the slices are not contiguous)."""
-    by_patient = {case.patient: case for case in cases if hasattr(case, "slices")}
+    by_patient = {case.patient: case for case in cases if isinstance(case, SlicePatient)}
     missing = sorted(set(patients) - set(by_patient))
     if missing:
         raise LiteSegError(f"patient(s) {', '.join(missing)} not in the slice dataset")

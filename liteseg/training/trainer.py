@@ -35,6 +35,7 @@ from ..preprocessing import Preprocessing
 from .augment import random_affine
 from .datasets import Case, Slices, load_slices, read_case, select_slices, split_by_patient
 from .losses import dice_loss
+from .slice_dataset import SlicePatient
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CURVE_NAME = "training_curve.png"
@@ -403,7 +404,7 @@ def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, de
         result = {"patient": case.patient, "image": case.name,
                   "dice": dice(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(reference))}
         if with_hd95:  # stacked 2D slices have no spacing: no distance in mm
-            distance = math.nan if hasattr(case, "slices") else hausdorff95(labelmap, reference)
+            distance = math.nan if isinstance(case, SlicePatient) else hausdorff95(labelmap, reference)
             result["hd95_mm"] = None if math.isnan(distance) else distance
         results.append(result)
     return results
