@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 PLAIN_INTERVAL_S = 5.0  # plain progress: at most one line per this many seconds (and the last)
@@ -53,10 +53,10 @@ def progress_bar(total: int, desc: str, unit: str):
     return tqdm(total=total, desc=desc, unit=unit)
 
 
-def iterate(items: Iterable[T], desc: str, unit: str, total: Optional[int] = None) -> Iterator[T]:
+def iterate(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:
     """`items` one by one with a progress display."""
-    items = list(items) if total is None else items
-    bar = progress_bar(len(items) if total is None else total, desc, unit)
+    items = list(items)
+    bar = progress_bar(len(items), desc, unit)
     try:
         for item in items:
             yield item

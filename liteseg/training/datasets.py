@@ -77,15 +77,15 @@ def cases_from_decathlon(folder: str | Path) -> list[Case]:
 DATA_PREFIX = "$LITESEG_DATA/"
 
 
-def _csv_path(cell: str, csv_path: Path) -> Path:
-    """A path of a dataset CSV: `$LITESEG_DATA/...` is inside the data folder (`data.data_root`),
-    other relative paths are relative to the CSV."""
+def dataset_path(cell: str, folder: Path) -> Path:
+    """A path written in a dataset file: `$LITESEG_DATA/...` is inside the data folder
+    (`data.data_root`), other relative paths are relative to `folder` (the dataset file's folder)."""
     cell = cell.strip()
     if cell.startswith(DATA_PREFIX):
         from ..data import data_root
 
         return data_root() / cell[len(DATA_PREFIX):]
-    return csv_path.parent / cell
+    return folder / cell
 
 
 def cases_from_pairs_csv(path: str | Path) -> list[Case]:
@@ -100,7 +100,7 @@ def cases_from_pairs_csv(path: str | Path) -> list[Case]:
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise LiteSegError(f"{path} needs a header with columns image,label (and optionally patient)")
     return [
-        case_from_pair(_csv_path(row["image"], path), _csv_path(row["label"], path), (row.get("patient") or "").strip() or None)
+        case_from_pair(dataset_path(row["image"], path.parent), dataset_path(row["label"], path.parent), (row.get("patient") or "").strip() or None)
         for row in rows
     ]
 

@@ -38,6 +38,7 @@ from ..errors import LiteSegError
 from ..geometry import slice_orientation
 from ..imageio import as_3d, check_ct_intensities, check_volume, read_image
 from ..preprocessing import Preprocessing
+from .datasets import dataset_path
 
 ROW_ORDERS = ("anterior_to_posterior", "posterior_to_anterior")
 
@@ -186,14 +187,6 @@ class NegativeVolume:
         return image, stacked_image(np.zeros(canonical.shape, np.uint8), np.uint8)
 
 
-def _path(cell: str, base: Path) -> Path:
-    from .datasets import DATA_PREFIX
-    from ..data import data_root
-
-    cell = cell.strip()
-    return data_root() / cell[len(DATA_PREFIX):] if cell.startswith(DATA_PREFIX) else base / cell
-
-
 def is_slice_dataset(path: Path) -> bool:
     """True for a JSON file describing a slice dataset (it has a "slices" entry)."""
     if path.suffix.lower() != ".json" or not path.is_file():
@@ -211,7 +204,7 @@ def cases_from_slice_dataset(path: str | Path) -> list:
     try:
         description = json.loads(path.read_text())
         spec = description["slices"]
-        manifest = _path(spec["manifest"], path.parent)
+        manifest = dataset_path(spec["manifest"], path.parent)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise LiteSegError(f"cannot read slice dataset {path}: {error.__class__.__name__} {error}") from None
     if not manifest.is_file():
@@ -224,7 +217,7 @@ def cases_from_slice_dataset(path: str | Path) -> list:
     if not rows or not {file_column, patient_column} <= set(rows[0]):
         raise LiteSegError(f"{manifest} needs columns {file_column} and {patient_column}")
     images, masks = manifest.parent / spec.get("images", "images"), manifest.parent / spec.get("masks", "masks")
-    grey = GreyLevels.from_dict(spec.get("grey_levels", {"hu_per_grey": 1.0, "hu_at_grey_0": 0.0}))
+    grey = GreyLevels.from_dict(spec["grey_levels"]) if "grey_levels" in spec else GreyLevels()
     by_patient: dict[str, list[SliceFile]] = {}
     for row in rows:
         name = row[file_column]
@@ -235,6 +228,6 @@ def cases_from_slice_dataset(path: str | Path) -> list:
     ]
     for entry in description.get("negative_volumes", []):
         levels = entry.get("grey_levels")
-        cases.append(NegativeVolume(entry["patient"], _path(entry["image"], path.parent),
+        cases.append(NegativeVolume(entry["patient"], dataset_path(entry["image"], path.parent),
                                     GreyLevels.from_dict(levels) if levels else None))
     return cases
