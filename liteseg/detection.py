@@ -12,6 +12,13 @@ The network works in the canonical (S, P, L) orientation (`geometry.slice_orient
 volume padded at its far ends to a multiple of 8 (with 0, the bottom of the normalised range), so
 that every level nests exactly; results are mapped back to the image's own array order exactly.
 
+Stage 2 refines each box in overlapping tiles of at most `max_voxels_stage2` voxels (cut like
+stage 1's, with `STAGE2_HALO` cells of context, so a tile's core equals the unsplit box there up
+to float rounding) and only the tiles whose core holds a cell of the component or of its margin:
+in a box around a sprawling component the far, empty parts keep the upsampled stage-1 logits,
+which are below the threshold there. Progress is reported and the cancel flag checked before
+every stage-2 convolution, so a large box neither freezes a GUI nor ignores Cancel.
+
 Memory: the stage-1 features of the whole volume are kept for stage 2 (about 11 bytes per input
 voxel in float32), the full-resolution logit map is float16 (2 bytes per voxel) and is filled
 slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input voxels.
@@ -19,13 +26,14 @@ slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,6 +54,12 @@ DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: ~1.3 GB of a
 # (4 convolutions at 1/2, 5 at 1/4 and 5 at 1/8 resolution, plus the pooling windows), so a
 # tile grown by 9 cells on every side computes its central cells exactly as the untiled pass.
 STAGE1_HALO = 9
+
+DEFAULT_MAX_VOXELS_STAGE2 = 2**22  # full-resolution voxels per stage-2 tile (~17 channels: ~0.3 GB per activation)
+
+# Stage-2 context in x8 voxels. A full-resolution logit depends on input voxels up to 28 away
+# (4 convolutions at full resolution, 5 at 1/2, the x2 and x8 trilinear upsamplings): 3.5 cells.
+STAGE2_HALO = 4
 
 # Stitched stage-1 levels and their voxels per x8 voxel along each axis (x1 is the input).
 _LEVEL_FACTOR = {"x2_inp": 4, "x2": 4, "x4": 2, "x8": 1, "logits8": 1}
@@ -171,16 +185,18 @@ def _axis_tiles(n: int, core: int, halo: int) -> list[tuple[int, int, int, int]]
     return [(a, min(a + core, n), max(a - halo, 0), min(a + core + halo, n)) for a in range(0, n, core)]
 
 
-def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO) -> list[tuple[Box, Box]]:
+def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO,
+               option: str = "max_voxels_stage1") -> list[tuple[Box, Box]]:
     """(core, tile) boxes in x8 voxels covering `grid`: the cores partition it and each tile is
     its core grown by `halo`, clipped to the grid.
 
     Among the per-axis core sizes, the plan computes the fewest cells in all whose largest tile
     holds at most `max_voxels` input voxels (512 per cell), then has the fewest tiles. Raises
-    LiteSegError when even one-cell cores (tiles of 2 * halo + 1 cells) do not fit.
+    LiteSegError, naming the parameter `option`, when even one-cell cores (tiles of 2 * halo + 1
+    cells) do not fit.
     """
     if max_voxels < 1:
-        raise LiteSegError(f"max_voxels_stage1 must be positive, got {max_voxels}")
+        raise LiteSegError(f"{option} must be positive, got {max_voxels}")
     options = []
     for n in (int(n) for n in grid):
         layouts = [_axis_tiles(n, core, halo) for core in sorted({-(-n // k) for k in range(1, n + 1)})]
@@ -194,7 +210,7 @@ def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO) ->
             best_key, best = key, [option[2] for option in choice]
     if best is None:
         smallest = math.prod(min(option[0] for option in axis) for axis in options) * 512
-        raise LiteSegError(f"max_voxels_stage1 {max_voxels} is below the smallest stage-1 tile of this volume ({smallest} voxels)")
+        raise LiteSegError(f"{option} {max_voxels} is below the smallest tile of this volume ({smallest} voxels)")
     return [
         (Box(tuple(t[0] for t in axes), tuple(t[1] for t in axes)), Box(tuple(t[2] for t in axes), tuple(t[3] for t in axes)))
         for axes in itertools.product(*best)  # type: ignore[arg-type]
@@ -315,6 +331,50 @@ def _object_mask(labels: np.ndarray, core: np.ndarray) -> np.ndarray:
     return np.isin(components, touching[touching > 0])
 
 
+@contextlib.contextmanager
+def before_each_convolution(module: torch.nn.Module, callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` before every convolution of `module` while inside the block (it may raise,
+    e.g. `Cancelled`, to stop the forward pass)."""
+    handles = [m.register_forward_pre_hook(lambda *_: callback()) for m in module.modules()
+               if isinstance(m, torch.nn.Conv3d)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def grown_cells(mask8: np.ndarray, margin: int) -> np.ndarray:
+    """`mask8` grown by `margin` cells along every axis (a cube, like the boxes' margin)."""
+    if margin == 0:
+        return mask8.astype(bool)
+    image = sitk.GetImageFromArray(mask8.astype(np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryDilate(image, [margin] * 3, sitk.sitkBox)).astype(bool)
+
+
+def refine_box(stage2: torch.nn.Module, features: LowResFeatures, box8: Box, wanted: np.ndarray,
+               logit_map: np.ndarray, max_voxels: int = DEFAULT_MAX_VOXELS_STAGE2,
+               on_tile: Optional[Callable[[int, int], None]] = None) -> int:
+    """Stage 2 over the x8 box `box8`, tile by tile (`plan_tiles` with `STAGE2_HALO`), writing the
+    full-resolution logits of each tile's core into `logit_map` (clamped to float16). Only tiles
+    whose core holds a True cell of `wanted` (the box's cells to refine) are computed;
+    `on_tile(done, planned)` is called before each. Returns the number of tiles computed."""
+    shape = logit_map.shape
+    origin = np.asarray(box8.start)
+    tiles = [(core, tile) for core, tile in plan_tiles(box8.shape, max_voxels, STAGE2_HALO, "max_voxels_stage2")
+             if wanted[core.slices()].any()]
+    for number, (core, tile) in enumerate(tiles):
+        if on_tile is not None:
+            on_tile(number, len(tiles))
+        start, stop = tuple(origin + tile.start), tuple(origin + tile.stop)
+        logits = stage2(features.crop(start, stop))[0, 0]
+        target = Box(tuple(origin + core.start), tuple(origin + core.stop)).scaled(8, shape)
+        offset = [(c - t) * 8 for c, t in zip(core.start, tile.start)]
+        inside = logits[tuple(slice(o, o + n) for o, n in zip(offset, target.shape))]
+        logit_map[target.slices()] = inside.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
+    return len(tiles)
+
+
 def detect_image(
     image: sitk.Image,
     network: LowResNet,
@@ -326,6 +386,7 @@ def detect_image(
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
     refine: bool = True,
+    max_voxels_stage2: int = DEFAULT_MAX_VOXELS_STAGE2,
 ) -> DetectionResult:
     """Detect and segment objects with a LowRes network; see the module docstring.
 
@@ -366,20 +427,10 @@ def detect_image(
         times["stage1"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        boxes = []
-        for number, component in enumerate(components, 1):
-            if is_cancelled(cancel):
-                raise Cancelled("detection cancelled")
-            box8 = component.box
-            box = box8.scaled(8, shape)
-            boxes.append(box)
-            if not refine:
-                continue
-            logits = network.stage2(features.crop(box8.start, box8.stop))[0, 0]
-            inside = logits[tuple(slice(0, n) for n in box.shape)]
-            logit_map[box.slices()] = inside.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
-            if progress is not None:
-                progress(0.6 + 0.4 * number / len(components), f"stage 2 box {number}/{len(components)}")
+        boxes = [component.box.scaled(8, shape) for component in components]
+        if refine:
+            _refine_components(network.stage2, features, labels8, components, margin, logit_map,
+                               max_voxels_stage2, progress, cancel)
         times["stage2"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -397,6 +448,31 @@ def detect_image(
     if progress is not None:
         progress(1.0, f"{len(detections)} detection(s)")
     return DetectionResult(labelmap, detections, times)
+
+
+def _refine_components(stage2: torch.nn.Module, features: LowResFeatures, labels8: np.ndarray,
+                       components: Sequence, margin: int, logit_map: np.ndarray, max_voxels: int,
+                       progress: Optional[ProgressCallback], cancel: CancelFlag) -> None:
+    """Stage 2 over every component's box (`refine_box` on the component's cells grown by
+    `margin`), reporting progress in [0.6, 1] and checking `cancel` before each convolution."""
+    state = {"fraction": 0.6, "message": "stage 2"}
+
+    def checkpoint() -> None:
+        if is_cancelled(cancel):
+            raise Cancelled("detection cancelled")
+        if progress is not None:
+            progress(state["fraction"], state["message"])
+
+    count = len(components)
+    with before_each_convolution(stage2, checkpoint):
+        for number, component in enumerate(components):
+            def on_tile(done: int, planned: int, number: int = number) -> None:
+                state["fraction"] = 0.6 + 0.4 * (number + done / planned) / count
+                state["message"] = f"stage 2 box {number + 1}/{count}, tile {done + 1}/{planned}"
+                checkpoint()
+
+            wanted = grown_cells(labels8[component.box.slices()] == component.label, margin)
+            refine_box(stage2, features, component.box, wanted, logit_map, max_voxels, on_tile)
 
 
 def write_detections_csv(detections: Sequence[Detection], path: str | Path) -> Path:

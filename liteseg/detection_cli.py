@@ -9,6 +9,7 @@ from pathlib import Path
 from .console import ProgressBar
 from .detection import (
     DEFAULT_MAX_VOXELS_STAGE1,
+    DEFAULT_MAX_VOXELS_STAGE2,
     default_csv_path,
     detect_image,
     find_lowres_card,
@@ -36,6 +37,12 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_VOXELS_STAGE1,
         help=f"largest stage-1 tile in input voxels, bounds memory (default {DEFAULT_MAX_VOXELS_STAGE1})",
+    )
+    parser.add_argument(
+        "--max-voxels-stage2",
+        type=int,
+        default=DEFAULT_MAX_VOXELS_STAGE2,
+        help=f"largest stage-2 tile in full-resolution voxels, bounds memory (default {DEFAULT_MAX_VOXELS_STAGE2})",
     )
     parser.add_argument("--allow-non-ct", action="store_true", help="skip the input intensity check (Hounsfield units for a HU-window model, 0-255 for a "
                         "grey-level model)")
@@ -65,6 +72,7 @@ def run_detect(args: argparse.Namespace) -> int:
             threshold=threshold,
             margin=args.margin,
             max_voxels_stage1=args.max_voxels_stage1,
+            max_voxels_stage2=args.max_voxels_stage2,
             allow_non_ct=args.allow_non_ct,
             progress=bar,
         )

@@ -110,6 +110,7 @@ class DetectionLogic:
         allowNonCT: bool = False,
         applyParentTransform: bool = False,
         maxVoxelsStage1: Optional[int] = None,
+        maxVoxelsStage2: Optional[int] = None,
     ) -> DetectionOutputs:
         """Detect objects in `inputVolume` (blocking); returns (segmentation, table, ROIs).
 
@@ -137,6 +138,8 @@ class DetectionLogic:
             coordinates.
         :param maxVoxelsStage1: largest stage-1 tile in input voxels (bounds memory); None: the
             engine's default.
+        :param maxVoxelsStage2: largest stage-2 tile in full-resolution voxels (bounds memory);
+            None: the engine's default.
         :raises ValueError: no input, not a scalar volume, transformed volume, not a CT for a CT
             model, no or bad model, bad threshold or margin, output under another transform, ...
         :raises Cancelled: when `cancel` was set.
@@ -179,7 +182,7 @@ class DetectionLogic:
         if isCancelled(cancel):
             raise Cancelled("detection cancelled")
 
-        from liteseg.detection import DEFAULT_MAX_VOXELS_STAGE1, detect_image
+        from liteseg.detection import DEFAULT_MAX_VOXELS_STAGE1, DEFAULT_MAX_VOXELS_STAGE2, detect_image
 
         def engineProgress(fraction: float, message: str) -> None:
             report(min(0.9, 0.05 + 0.85 * fraction), f"Detecting: {message}")
@@ -192,6 +195,7 @@ class DetectionLogic:
                 threshold=float(threshold),
                 margin=int(margin),
                 max_voxels_stage1=int(maxVoxelsStage1 or DEFAULT_MAX_VOXELS_STAGE1),
+                max_voxels_stage2=int(maxVoxelsStage2 or DEFAULT_MAX_VOXELS_STAGE2),
                 allow_non_ct=bool(allowNonCT),
                 progress=engineProgress,
                 cancel=cancel,

@@ -29,7 +29,11 @@ from liteseg.detection import (
     default_csv_path,
     detect_image,
     find_lowres_card,
+    STAGE2_HALO,
+    before_each_convolution,
+    grown_cells,
     plan_tiles,
+    refine_box,
     stage1_features,
     upsampled_logits,
     write_detections_csv,
@@ -312,6 +316,98 @@ def test_detection_with_tiled_stage1_equals_untiled():
     np.testing.assert_array_equal(labelmap_array(tiled), labelmap_array(untiled))
     assert [(d.box, d.volume_ml) for d in tiled.detections] == [(d.box, d.volume_ml) for d in untiled.detections]
     assert len(tiled.detections) == 2
+
+
+def hybrid_network(seed: int = 0) -> LowResNet:
+    """Known stage 1 (boxes where the input is bright; its features from seeded random weights)
+    and a real stage 2 with random weights."""
+    torch.manual_seed(seed)
+    network = known_network()
+    network.stage2 = random_network(seed).stage2
+    return network.eval()
+
+
+def test_tiled_stage2_equals_the_unsplit_box():
+    network = random_network(5)
+    volume = torch.rand(1, 1, 48, 128, 96, generator=torch.Generator().manual_seed(6))
+    box8 = Box((0, 1, 1), (6, 15, 11))
+    shape = (48, 128, 96)
+    with torch.inference_mode():
+        features = network.stage1(volume)
+        unsplit = network.stage2(features.crop(box8.start, box8.stop))[0, 0].numpy()
+        logit_map = np.full(shape, 99.0, np.float16)
+        budget = (2 * STAGE2_HALO + 1) ** 3 * 512
+        computed = refine_box(network.stage2, features, box8, np.ones(box8.shape, bool), logit_map, budget)
+    assert computed == len(plan_tiles(box8.shape, budget, STAGE2_HALO)) > 1
+    box = box8.scaled(8, shape)
+    np.testing.assert_allclose(logit_map[box.slices()].astype(np.float32), unsplit, rtol=2e-3, atol=2e-3)
+    outside = np.ones(shape, bool)
+    outside[box.slices()] = False
+    assert (logit_map[outside] == 99.0).all()
+
+
+def test_stage2_computes_only_the_tiles_near_the_component():
+    network = random_network(7)
+    volume = torch.rand(1, 1, 32, 192, 192, generator=torch.Generator().manual_seed(8))
+    box8 = Box((0, 0, 0), (4, 24, 24))
+    wanted = np.zeros(box8.shape, bool)
+    wanted[0, 0, 0] = True  # one corner cell of a sprawling component
+    budget = (2 * STAGE2_HALO + 1) ** 3 * 512
+    logit_map = np.full((32, 192, 192), 99.0, np.float16)
+    with torch.inference_mode():
+        features = network.stage1(volume)
+        computed = refine_box(network.stage2, features, box8, wanted, logit_map, budget)
+    planned = plan_tiles(box8.shape, budget, STAGE2_HALO)
+    assert computed == 1 < len(planned)
+    core = next(core for core, _ in planned if core.start == (0, 0, 0)).scaled(8, logit_map.shape)
+    assert (logit_map[core.slices()] != 99.0).all()
+    assert np.count_nonzero(logit_map != 99.0) == np.prod(core.shape)
+
+
+def test_grown_cells_is_a_cube_of_the_margin():
+    mask = np.zeros((5, 6, 7), bool)
+    mask[2, 3, 3] = True
+    np.testing.assert_array_equal(np.argwhere(grown_cells(mask, 1)).min(axis=0), (1, 2, 2))
+    np.testing.assert_array_equal(np.argwhere(grown_cells(mask, 1)).max(axis=0), (3, 4, 4))
+    assert grown_cells(mask, 1).sum() == 27 and grown_cells(mask, 0).sum() == 1
+
+
+def test_detection_with_tiled_stage2_equals_one_pass_per_box():
+    array = np.zeros((48, 112, 104), np.uint8)
+    array[8:40, 10:100, 12:90] = 255
+    image = grey_image(array)
+    whole = detect_image(image, hybrid_network(), GREY)
+    tiled = detect_image(image, hybrid_network(), GREY, max_voxels_stage2=(2 * STAGE2_HALO + 4) ** 3 * 512)
+    np.testing.assert_array_equal(labelmap_array(tiled), labelmap_array(whole))
+    assert [(d.box, d.volume_ml) for d in tiled.detections] == [(d.box, d.volume_ml) for d in whole.detections]
+
+
+def test_stage2_reports_progress_and_honours_cancel_between_convolutions():
+    array = np.zeros((24, 24, 24), np.uint8)
+    array[4:12, 4:12, 4:12] = 255
+    reports = []
+    detect_image(grey_image(array), hybrid_network(), GREY, progress=lambda f, m: reports.append((f, m)))
+    stage2 = [m for _, m in reports if m.startswith("stage 2 box 1/1, tile 1/1")]
+    convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in LowResStage2().modules())
+    assert len(stage2) >= convolutions  # once per tile, then before every convolution
+    calls = []
+
+    def cancel_in_stage2() -> bool:
+        calls.append(len(reports))
+        return len(calls) > 8  # the first checks pass (stage 1, tile start, first convolutions)
+
+    reports.clear()
+    with pytest.raises(Cancelled):
+        detect_image(grey_image(array), hybrid_network(), GREY, cancel=cancel_in_stage2,
+                     progress=lambda f, m: reports.append((f, m)))
+    assert reports[-1][1].startswith("stage 2") and reports[-1][0] < 1.0
+
+
+def test_before_each_convolution_removes_its_hooks():
+    stage2, calls = LowResStage2(), []
+    with before_each_convolution(stage2, lambda: calls.append(1)):
+        pass
+    assert not any(m._forward_pre_hooks for m in stage2.modules())
 
 
 def test_upsampled_logits_in_slabs_equal_one_interpolation():
