@@ -59,7 +59,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise LiteSegError(f"{args.input} is a folder without a DICOM series; use --folder to segment every volume in it")
     bar = ProgressBar("segmenting")
     try:
-        result = segment_file(args.input, args.output, args.model, args.overwrite, progress=bar, **options)
+        result = segment_file(args.input, args.output, args.model, args.overwrite, progress=bar,
+                              series=args.series, **options)
     finally:
         bar.close()
     total = sum(result.seconds.values())
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the backend's best)")
     segment.add_argument("--folder", action="store_true", help="segment every volume in the INPUT folder into the OUTPUT folder")
     segment.add_argument("--allow-non-ct", action="store_true", help="skip the check that a CT model gets Hounsfield units")
+    segment.add_argument("--series", default=None, metavar="UID",
+                         help="the DICOM series to segment when the INPUT folder holds several (Series Instance UID)")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.set_defaults(run=cmd_segment)
 

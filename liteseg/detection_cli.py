@@ -46,6 +46,8 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-non-ct", action="store_true", help="skip the input intensity check (Hounsfield units for a HU-window model, 0-255 for a "
                         "grey-level model)")
+    parser.add_argument("--series", default=None, metavar="UID",
+                        help="the DICOM series to read when the INPUT folder holds several (Series Instance UID)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -61,7 +63,7 @@ def run_detect(args: argparse.Namespace) -> int:
     network, preprocessing = load_detector(card)
     threshold = args.threshold if args.threshold is not None else float(card.data["output"].get("threshold", 0.5))
     started = time.perf_counter()
-    image = read_image(args.input)
+    image = read_image(args.input, args.series)
     seconds = {"read": time.perf_counter() - started}
     bar = ProgressBar("detecting")
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import read_dicom_series
 from .errors import InvalidImageError, LiteSegError
+from .file_integrity import check_file_complete
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 
@@ -41,30 +43,22 @@ def label_mask(array: np.ndarray, label_values: Iterable[int] | None = None) -> 
     return array != 0 if label_values is None else np.isin(array, list(label_values))
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read an image file or a DICOM series folder (the series with the most files)."""
+def read_image(path: str | Path, series: Optional[str] = None) -> sitk.Image:
+    """Read an image file, checked complete first (`file_integrity`), or a DICOM series folder
+    (`dicom_series`: its only series, or the one with UID `series`; slice positions checked)."""
     path = Path(path)
     if not path.exists():
         raise LiteSegError(f"input not found: {path}")
     try:
         if path.is_dir():
-            return _read_dicom_series(path)
+            return read_dicom_series(path, series)
+        check_file_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise InvalidImageError(f"cannot read {path}: {first_line}") from None
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InvalidImageError(f"no DICOM series found in folder {folder}")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
-    )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+    except OSError as error:
+        raise InvalidImageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def check_volume(image: sitk.Image, what: str = "input", single_slice: bool = False) -> None:

@@ -247,9 +247,11 @@ def segment_file(
     output_path: str | Path,
     model: str | Path = DEFAULT_MODEL,
     overwrite: bool = False,
+    series: Optional[str] = None,
     **options,
 ) -> SegmentationResult:
-    """Read `input_path` (file or DICOM folder), segment it, write `output_path` atomically.
+    """Read `input_path` (file or DICOM folder; `series`: the series UID when it holds several),
+    segment it, write `output_path` atomically.
 
     `options` are those of `segment_image` (threshold, keep_largest, localisation, ...); the
     threshold and localisation default to the model card's.
@@ -261,7 +263,7 @@ def segment_file(
         raise LiteSegError(f"output exists, not overwritten: {output_path} (use --overwrite)")
     network, card = load_model(model)
     started = time.perf_counter()
-    image = read_image(input_path)
+    image = read_image(input_path, series)
     read_seconds = time.perf_counter() - started
     result = segment_image(image, network, card.preprocessing, **with_card_defaults(card, options))
     started = time.perf_counter()

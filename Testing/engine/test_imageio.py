@@ -1,5 +1,7 @@
 """Reading (files and DICOM series), refusing bad volumes with one-line errors, atomic writing."""
 
+import struct
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,19 +12,26 @@ from liteseg.imageio import as_3d, check_ct_intensities, check_volume, read_imag
 from conftest import GEOMETRIES, phantom_image, real_data
 
 
-def write_dicom_series(image: sitk.Image, folder) -> None:
-    """Write a 3D int16 image as one DICOM file per slice with position and orientation tags."""
-    folder.mkdir()
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.2"
+
+
+def write_dicom_series(image: sitk.Image, folder, series_uid: str = SERIES_UID, shift_mm: dict | None = None,
+                       description: str = "") -> None:
+    """Write a 3D int16 image as one DICOM file per slice with position and orientation tags;
+    `shift_mm` moves slice k's position by that many mm along the slice normal."""
+    folder.mkdir(exist_ok=True)
     direction = image.GetDirection()
+    normal = np.array(direction).reshape(3, 3)[:, 2]
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
-        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+        origin = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + (shift_mm or {}).get(k, 0.0) * normal
         tags = {
             "0008|0060": "CT",
+            "0008|103e": description,
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
+            "0020|000e": series_uid,
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])),
@@ -32,7 +41,7 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
         }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"{series_uid[-1]}slice{k:03d}.dcm"))
         writer.Execute(slice_)
 
 
@@ -45,6 +54,94 @@ def test_dicom_series_folder_reads_with_its_geometry(tmp_path):
     np.testing.assert_allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(read.GetDirection(), image.GetDirection(), atol=1e-5)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    write_dicom_series(phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 8)), tmp_path / "series")
+    (tmp_path / "series" / "2slice004.dcm").unlink()
+    with pytest.raises(InvalidImageError, match="misses slices: a gap of"):
+        read_image(tmp_path / "series")
+
+
+def test_a_dicom_series_with_a_duplicated_slice_is_refused(tmp_path):
+    image = phantom_image(GEOMETRIES["axial_identity"], size=(12, 10, 6))
+    write_dicom_series(image, tmp_path / "series", shift_mm={3: -image.GetSpacing()[2]})  # slice 3 onto slice 2
+    with pytest.raises(InvalidImageError, match="duplicated slice position"):
+        read_image(tmp_path / "series")
+
+
+def test_an_unevenly_spaced_dicom_series_is_refused(tmp_path):
+    image = phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 6))
+    write_dicom_series(image, tmp_path / "series", shift_mm={3: 0.3 * image.GetSpacing()[2]})
+    with pytest.raises(InvalidImageError, match="unevenly spaced"):
+        read_image(tmp_path / "series")
+
+
+def test_several_dicom_series_need_a_choice_that_the_error_lists(tmp_path):
+    first = phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 6))
+    second = phantom_image(GEOMETRIES["left_handed"], size=(8, 9, 5))
+    write_dicom_series(first, tmp_path / "study", description="arterial")
+    write_dicom_series(second, tmp_path / "study", series_uid="1.2.826.0.1.3680043.2.1125.1.3")
+    with pytest.raises(InvalidImageError, match=r"2 DICOM series.*1\.2\.826\.0\.1\.3680043\.2\.1125\.1\.2 \(6 files, 'arterial'\).*--series UID"):
+        read_image(tmp_path / "study")
+    chosen = read_image(tmp_path / "study", series="1.2.826.0.1.3680043.2.1125.1.3")
+    assert chosen.GetSize() == second.GetSize()
+    with pytest.raises(InvalidImageError, match="holds no DICOM series 9.9"):
+        read_image(tmp_path / "study", series="9.9")
+
+
+def test_several_dicom_series_in_the_segment_command_are_chosen_with_series(tmp_path, capsys):
+    from liteseg.cli import main
+
+    write_dicom_series(phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 6)), tmp_path / "study")
+    write_dicom_series(phantom_image(GEOMETRIES["left_handed"], size=(8, 9, 5)), tmp_path / "study",
+                       series_uid="1.2.826.0.1.3680043.2.1125.1.3")
+    assert main(["segment", str(tmp_path / "study"), str(tmp_path / "seg.nii.gz"), "--allow-non-ct"]) == 2
+    assert "--series UID" in capsys.readouterr().err and not (tmp_path / "seg.nii.gz").exists()
+
+
+def _cut(path, keep: float):
+    data = path.read_bytes()
+    cut = path.with_name("cut_" + path.name)
+    cut.write_bytes(data[: int(len(data) * keep)])
+    return cut
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_file_cut_short_is_refused_and_left_unchanged(tmp_path, suffix, compressed):
+    path = tmp_path / f"phantom{suffix}"
+    sitk.WriteImage(phantom_image(GEOMETRIES["oblique_20deg"]), str(path), useCompression=compressed)
+    read_image(path)  # whole: reads
+    cut = _cut(path, 0.6)
+    before = cut.read_bytes()
+    with pytest.raises(InvalidImageError, match="truncated or corrupted|expected .* bytes|fread got only"):
+        read_image(cut)
+    assert cut.read_bytes() == before
+
+
+def test_a_real_ct_cut_short_or_corrupted_inside_is_refused(tmp_path, sample_ct_path):
+    data = sample_ct_path.read_bytes()
+    cut = tmp_path / "ct.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidImageError, match="truncated or corrupted .*end marker"):
+        read_image(cut)
+    corrupted = bytearray(data)
+    corrupted[len(data) // 2 : len(data) // 2 + 8] = bytes(b ^ 0x5A for b in corrupted[len(data) // 2 : len(data) // 2 + 8])
+    cut.write_bytes(bytes(corrupted))
+    with pytest.raises(InvalidImageError, match="truncated or corrupted .*gzip"):
+        read_image(cut)
+
+
+def test_a_nifti_header_promising_more_voxels_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "a.nii"
+    sitk.WriteImage(phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 6)), str(path))
+    data = bytearray(path.read_bytes())
+    assert struct.unpack("<h", data[46:48])[0] == 6  # dim[3], the number of slices
+    data[46:48] = struct.pack("<h", 12)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidImageError, match="its header promises"):
+        read_image(path)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
