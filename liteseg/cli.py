@@ -46,6 +46,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         options["threshold"] = args.threshold
     if args.localise is not None:
         options["localisation"] = Localisation() if args.localise else None
+    if args.folder and args.dicom_seg is not None:
+        raise LiteSegError("--dicom-seg writes the SEG of one DICOM series: give that series folder, without --folder")
     if args.folder:
         cases = segment_folder(args.input, args.output, args.model, args.overwrite, **options)
         failed = [c for c in cases if c.error]
@@ -60,11 +62,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bar = ProgressBar("segmenting")
     try:
         result = segment_file(args.input, args.output, args.model, args.overwrite, progress=bar,
-                              series=args.series, **options)
+                              series=args.series, dicom_seg=args.dicom_seg, **options)
     finally:
         bar.close()
     total = sum(result.seconds.values())
     print(f"wrote {args.output}: {result.foreground_voxels} voxels ({result.foreground_ml:.1f} ml) labelled")
+    if args.dicom_seg is not None:
+        print(f"wrote {args.dicom_seg}: DICOM SEG referencing the source series")
     if result.message:
         print(result.message)
     print(f"time {total:.2f} s ({_format_seconds(result.seconds)})")
@@ -228,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the backend's best)")
     segment.add_argument("--folder", action="store_true", help="segment every volume in the INPUT folder into the OUTPUT folder")
     segment.add_argument("--allow-non-ct", action="store_true", help="skip the check that a CT model gets Hounsfield units")
+    segment.add_argument("--dicom-seg", type=Path, default=None, metavar="OUT.dcm",
+                         help="for a DICOM series input, also write a DICOM Segmentation object referencing it "
+                         "(needs highdicom: pip install 'liteseg[dicom]')")
     segment.add_argument("--series", default=None, metavar="UID",
                          help="the DICOM series to segment when the INPUT folder holds several (Series Instance UID)")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")

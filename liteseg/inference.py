@@ -248,19 +248,29 @@ def segment_file(
     model: str | Path = DEFAULT_MODEL,
     overwrite: bool = False,
     series: Optional[str] = None,
+    dicom_seg: str | Path | None = None,
     **options,
 ) -> SegmentationResult:
     """Read `input_path` (file or DICOM folder; `series`: the series UID when it holds several),
-    segment it, write `output_path` atomically.
+    segment it, write `output_path` atomically, and for a DICOM input also a DICOM SEG at
+    `dicom_seg` when given (`dicom_seg.write_dicom_seg`, needs highdicom).
 
     `options` are those of `segment_image` (threshold, keep_largest, localisation, ...); the
     threshold and localisation default to the model card's.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise LiteSegError("output path is the input path: refusing to overwrite the input")
-    if output_path.exists() and not overwrite:
-        raise LiteSegError(f"output exists, not overwritten: {output_path} (use --overwrite)")
+    outputs = [output_path] + ([Path(dicom_seg)] if dicom_seg is not None else [])
+    for path in outputs:
+        if path.exists() and path.resolve() == input_path.resolve():
+            raise LiteSegError("output path is the input path: refusing to overwrite the input")
+        if path.exists() and not overwrite:
+            raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    if dicom_seg is not None:
+        from .dicom_seg import require_highdicom
+
+        if not input_path.is_dir():
+            raise LiteSegError(f"a DICOM SEG references a DICOM series: {input_path} is not a DICOM folder")
+        require_highdicom()
     network, card = load_model(model)
     started = time.perf_counter()
     image = read_image(input_path, series)
@@ -269,6 +279,13 @@ def segment_file(
     started = time.perf_counter()
     write_image(result.labelmap, output_path, overwrite=overwrite)
     result.seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
+    if dicom_seg is not None:
+        from .dicom_seg import write_dicom_seg
+        from .dicom_series import series_files
+
+        started = time.perf_counter()
+        write_dicom_seg(result.labelmap, series_files(input_path, series), card, dicom_seg, overwrite)
+        result.seconds["dicom_seg"] = time.perf_counter() - started
     return result
 
 

@@ -9,40 +9,7 @@ import SimpleITK as sitk
 from liteseg.errors import InvalidImageError, LiteSegError
 from liteseg.imageio import as_3d, check_ct_intensities, check_volume, read_image, write_image
 
-from conftest import GEOMETRIES, phantom_image, real_data
-
-
-SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.2"
-
-
-def write_dicom_series(image: sitk.Image, folder, series_uid: str = SERIES_UID, shift_mm: dict | None = None,
-                       description: str = "") -> None:
-    """Write a 3D int16 image as one DICOM file per slice with position and orientation tags;
-    `shift_mm` moves slice k's position by that many mm along the slice normal."""
-    folder.mkdir(exist_ok=True)
-    direction = image.GetDirection()
-    normal = np.array(direction).reshape(3, 3)[:, 2]
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        slice_ = image[:, :, k]
-        origin = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + (shift_mm or {}).get(k, 0.0) * normal
-        tags = {
-            "0008|0060": "CT",
-            "0008|103e": description,
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": series_uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])),
-            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
-            "0028|1052": "0",
-            "0028|1053": "1",
-        }
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{series_uid[-1]}slice{k:03d}.dcm"))
-        writer.Execute(slice_)
+from conftest import GEOMETRIES, phantom_image, real_data, write_dicom_series
 
 
 def test_dicom_series_folder_reads_with_its_geometry(tmp_path):
