@@ -146,7 +146,8 @@ def find_card(model: str | Path) -> ModelCard:
 
 
 def load_network(card: ModelCard) -> "nn.Module":
-    """Build the card's network and load its weights after checking their sha256; eval mode."""
+    """Build the card's network (with its "network_options", e.g. out_channels) and load its
+    weights after checking their sha256; eval mode."""
     import torch
 
     from .models import build_model
@@ -160,7 +161,7 @@ def load_network(card: ModelCard) -> "nn.Module":
             f"weights file {weights} does not match its model card (sha256 {actual[:12]}..., "
             f"card says {card.data['sha256'][:12]}...): corrupted or replaced; reinstall or retrain"
         )
-    network = build_model(card.network)
+    network = build_model(card.network, **card.data.get("network_options", {}))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         network.load_state_dict(state, strict=True)

@@ -178,6 +178,21 @@ def test_tiny_training_writes_weights_card_checkpoint_and_curve(tmp_path):
         train(tiny_config(output, epochs=2, val_fraction=0.5), cases, "again", progress_bar=False)
 
 
+def test_a_two_channel_network_is_trained_with_one_output_and_learns(tmp_path):
+    """PocketNet's default head has two channels (softmax); the binary recipe builds it with one.
+    With two, the sigmoid Dice broadcast over both and the loss stayed at 0.9996 for ten epochs."""
+    solo = synthetic_case(tmp_path / "data", "solo")
+    card_path = train(tiny_config(tmp_path / "run", network="pocket_unet2d", epochs=3, val_fraction=0.0,
+                                  passes_per_epoch=4), [case_from_pair(solo.image, solo.label)], "pocket", progress_bar=False)
+    card = ModelCard.read(card_path)
+    assert card.data["network_options"] == {"out_channels": 1}
+    history = card.data["training"]["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.01
+    assert load_network(card)(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(ValueError, match="differ in shape"):
+        dice_loss(torch.zeros(2, 2, 8, 8), torch.zeros(2, 1, 8, 8))
+
+
 def test_resume_continues_exactly(tmp_path):
     solo = synthetic_case(tmp_path / "data", "solo")
     cases = [case_from_pair(solo.image, solo.label)]

@@ -40,6 +40,9 @@ from .slice_dataset import SlicePatient
 CHECKPOINT_NAME = "checkpoint.pt"
 CURVE_NAME = "training_curve.png"
 THRESHOLD = 0.5
+# The recipe is binary (sigmoid, soft Dice): every network is built with one output channel, also
+# those whose default is two (PocketNet's softmax head), and the card records it for loading.
+BINARY_OUTPUT = {"out_channels": 1}
 AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.25, "shift": 0.2}
 # Options that may differ when resuming without changing the result of the epochs already run.
 RESUMABLE_CHANGES = ("epochs", "notes", "num_threads", "output")
@@ -236,7 +239,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
     """
     checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
     # Channels-last: the same convolutions, about 1.3x faster per training step on the CPU.
-    network = build_model(config.network).to(device, memory_format=torch.channels_last)
+    network = build_model(config.network, **BINARY_OUTPUT).to(device, memory_format=torch.channels_last)
     if config.foreground_prior is not None:
         set_output_prior(network, config.foreground_prior)
     optimizer = torch.optim.NAdam(network.parameters(), lr=config.lr)
@@ -474,6 +477,7 @@ def _card(
         "version": config.version,
         "title": f"{label['name']} segmentation ({config.preprocessing.modality}), {config.network}",
         "network": config.network,
+        "network_options": BINARY_OUTPUT,
         "weights": weights.name,
         "sha256": sha256_file(weights),
         "input": {"axis": "axial slices (from the direction matrix)", "preprocessing": config.preprocessing.to_dict()},
