@@ -16,8 +16,7 @@ from .detection import (
     load_detector,
     write_detections_csv,
 )
-from .errors import LiteSegError
-from .imageio import read_image, write_image
+from .imageio import check_output_path, read_image, write_image
 
 
 def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +53,8 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
 def run_detect(args: argparse.Namespace) -> int:
     """Detect objects in `args.input`; write the labelmap and the detections CSV."""
     csv_path = args.csv or default_csv_path(args.output)
-    if args.output.exists() and args.output.resolve() == args.input.resolve():
-        raise LiteSegError("output path is the input path: refusing to overwrite the input")
-    for path in (args.output, csv_path):
-        if path.exists() and not args.overwrite:
-            raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    check_output_path(args.output, args.input, args.overwrite)
+    check_output_path(csv_path, args.input, args.overwrite, suffixes=("",))
     card = find_lowres_card(args.model)
     network, preprocessing = load_detector(card)
     threshold = args.threshold if args.threshold is not None else float(card.data["output"].get("threshold", 0.5))

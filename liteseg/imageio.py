@@ -105,22 +105,44 @@ def check_ct_intensities(image: sitk.Image, what: str = "input") -> None:
         )
 
 
+def check_output_path(path: Path, input_path: Optional[Path] = None, overwrite: bool = False,
+                      suffixes: Optional[Iterable[str]] = None) -> None:
+    """Refuse, before any work, an output that cannot or must not be written: an unsupported
+    extension (`suffixes`, default the image formats; "" allows any), the input itself, an
+    existing file without `overwrite`, a folder in its place or a file where a folder must be."""
+    allowed = tuple(suffixes) if suffixes is not None else IMAGE_SUFFIXES
+    if "" not in allowed and not any(path.name.lower().endswith(s) for s in allowed):
+        raise LiteSegError(f"unsupported output extension for {path}; use one of {', '.join(allowed)}")
+    if input_path is not None and path.exists() and path.resolve() == Path(input_path).resolve():
+        raise LiteSegError("output path is the input path: refusing to overwrite the input")
+    if path.is_dir():
+        raise LiteSegError(f"output {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LiteSegError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+
+
 def write_image(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
     """Write atomically: a temporary file beside `path`, renamed over it once complete.
 
     Never leaves a partial file, and refuses to replace an existing file unless `overwrite`.
     """
     path = Path(path)
+    check_output_path(path, overwrite=overwrite)
     suffix = image_suffix(path)
-    if not suffix:
-        raise LiteSegError(f"unsupported output extension for {path}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if path.exists() and not overwrite:
-        raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{case_name(path)}.partial-{os.getpid()}{suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image, str(temporary), useCompression=True)
         os.replace(temporary, path)
+    except OSError as error:
+        raise LiteSegError(f"cannot write {path}: {error.strerror or error}") from None
+    except RuntimeError as error:
+        raise LiteSegError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -20,7 +20,8 @@ from .components import largest_component
 from .console import iterate
 from .errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from .geometry import slice_orientation
-from .imageio import as_3d, case_name, check_ct_intensities, check_volume, image_suffix, read_image, write_image
+from .imageio import (as_3d, case_name, check_ct_intensities, check_output_path, check_volume, image_suffix,
+                      read_image, write_image)
 from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
 from .localisation import Localisation, Region, coarse_indices, find_region
 from .preprocessing import Normaliser, Preprocessing, resize_slices
@@ -168,6 +169,8 @@ def segment_image(
     rounding); `batch_size` (slices per batch) defaults to the backend's best.
     """
     check_threshold(threshold)
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
+        raise LiteSegError(f"batch_size must be a whole number of slices >= 1, got {batch_size}")
     times: dict[str, float] = {}
     started = time.perf_counter()
     image = as_3d(image)
@@ -259,12 +262,9 @@ def segment_file(
     threshold and localisation default to the model card's.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    outputs = [output_path] + ([Path(dicom_seg)] if dicom_seg is not None else [])
-    for path in outputs:
-        if path.exists() and path.resolve() == input_path.resolve():
-            raise LiteSegError("output path is the input path: refusing to overwrite the input")
-        if path.exists() and not overwrite:
-            raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    check_output_path(output_path, input_path, overwrite)
+    if dicom_seg is not None:
+        check_output_path(Path(dicom_seg), input_path, overwrite, suffixes=(".dcm", ""))
     if dicom_seg is not None:
         from .dicom_seg import require_highdicom
 
