@@ -15,7 +15,7 @@ import numpy as np
 
 DEFAULT_STEP_MM = 20.0
 DEFAULT_MARGIN_PX = 32
-MULTIPLE = 4  # crops keep sizes a multiple of the networks' total downsampling (MoNet: 4)
+MULTIPLE = 16  # crops keep sizes a multiple of the 2D networks' total downsampling (MoNet 4; U-Nets, PocketNet 16)
 
 
 @dataclass(frozen=True)
