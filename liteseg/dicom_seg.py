@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import LiteSegError
+from .imageio import check_output_path
 from .modelcard import ModelCard
 
 MANUFACTURER = "LiteSeg"
@@ -64,8 +65,7 @@ def write_dicom_seg(labelmap: sitk.Image, source_files: Sequence[str], card: Mod
     import pydicom
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+    check_output_path(path, overwrite=overwrite, suffixes=("",))
     array = sitk.GetArrayViewFromImage(labelmap)
     if array.shape[0] != len(source_files):
         raise LiteSegError(f"labelmap has {array.shape[0]} slices, the DICOM series {len(source_files)} files")
@@ -87,7 +87,7 @@ def write_dicom_seg(labelmap: sitk.Image, source_files: Sequence[str], card: Mod
         software_versions=__version__,
         device_serial_number="0",
         series_description=f"{card.name} {card.version} segmentation",
-        omit_empty_frames=bool(segments.any()),
+        omit_empty_frames=bool(segments.any()),  # an empty result keeps every frame: a SEG is never frameless
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")

@@ -264,7 +264,7 @@ def segment_file(
     input_path, output_path = Path(input_path), Path(output_path)
     check_output_path(output_path, input_path, overwrite)
     if dicom_seg is not None:
-        check_output_path(Path(dicom_seg), input_path, overwrite, suffixes=(".dcm", ""))
+        check_output_path(Path(dicom_seg), input_path, overwrite, suffixes=("",))
     if dicom_seg is not None:
         from .dicom_seg import require_highdicom
 

@@ -50,6 +50,15 @@ def test_a_labelmap_on_a_dicom_series_round_trips_through_a_seg(tmp_path):
         write_dicom_seg(labelmap, files, card, path)
 
 
+def test_an_empty_labelmap_gives_a_seg_with_empty_frames(tmp_path):
+    write_dicom_series(phantom_image(GEOMETRIES["oblique_20deg"], size=(16, 14, 6)), tmp_path / "series")
+    files = series_files(tmp_path / "series")
+    labelmap = sitk.Image(sitk.ReadImage(files).GetSize(), sitk.sitkUInt8)
+    labelmap.CopyInformation(sitk.ReadImage(files))
+    path = write_dicom_seg(labelmap, files, find_card(DEFAULT_MODEL), tmp_path / "seg.dcm")
+    assert not frames_by_source(path, files).any() and hd.seg.segread(path).NumberOfFrames == len(files)
+
+
 def test_segment_command_writes_a_seg_of_a_real_ct_series(tmp_path, sample_ct_path, capsys):
     ct = sitk.Cast(sitk.ReadImage(str(sample_ct_path)), sitk.sitkInt16)
     write_dicom_series(ct, tmp_path / "ct")
