@@ -430,7 +430,7 @@ def detect_image(
         boxes = [component.box.scaled(8, shape) for component in components]
         if refine:
             _refine_components(network.stage2, features, labels8, components, margin, logit_map,
-                               max_voxels_stage2, progress, cancel)
+                               max_voxels_stage2, stage_progress(0.6, 1.0), cancel)
         times["stage2"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -454,8 +454,8 @@ def _refine_components(stage2: torch.nn.Module, features: LowResFeatures, labels
                        components: Sequence, margin: int, logit_map: np.ndarray, max_voxels: int,
                        progress: Optional[ProgressCallback], cancel: CancelFlag) -> None:
     """Stage 2 over every component's box (`refine_box` on the component's cells grown by
-    `margin`), reporting progress in [0.6, 1] and checking `cancel` before each convolution."""
-    state = {"fraction": 0.6, "message": "stage 2"}
+    `margin`), reporting progress in [0, 1] and checking `cancel` before each convolution."""
+    state = {"fraction": 0.0, "message": "stage 2"}
 
     def checkpoint() -> None:
         if is_cancelled(cancel):
@@ -467,7 +467,7 @@ def _refine_components(stage2: torch.nn.Module, features: LowResFeatures, labels
     with before_each_convolution(stage2, checkpoint):
         for number, component in enumerate(components):
             def on_tile(done: int, planned: int, number: int = number) -> None:
-                state["fraction"] = 0.6 + 0.4 * (number + done / planned) / count
+                state["fraction"] = (number + done / planned) / count
                 state["message"] = f"stage 2 box {number + 1}/{count}, tile {done + 1}/{planned}"
                 checkpoint()
 

@@ -339,8 +339,7 @@ def segment_folder(
         output = output_dir / (case_name(path) + (image_suffix(path) or ".nii.gz"))
         started = time.perf_counter()
         try:
-            if output.exists() and not overwrite:
-                raise LiteSegError(f"output exists, not overwritten: {output} (use --overwrite)")
+            check_output_path(output, path, overwrite)
             result = segment_image(read_image(path), network, card.preprocessing, **options)
             write_image(result.labelmap, output, overwrite=overwrite)
             cases.append(FolderCase(path, output, seconds=time.perf_counter() - started, foreground_ml=result.foreground_ml))
