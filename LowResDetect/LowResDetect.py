@@ -1,6 +1,6 @@
 """LowResDetect: detection of objects (lesions) in a 3D volume with a LowRes two-stage network.
 
-A thin Slicer adapter over the LiteSeg engine (`liteseg.detection`): the work is done by the
+A thin Slicer adapter over the LiteSeg engine (`liteseg.detection.lowres`): the work is done by the
 Qt-free `LowResDetectLib` (logic, outputs, self-test body), which reuses MoNetSegmentationLib's
 volume bridge and segment writer and is tested on Slicer's non-Qt core; this file holds the
 Slicer module, its widget (GUI wiring only), the logic with Slicer's parameter node, and the
@@ -334,7 +334,7 @@ class LowResDetectTest(ScriptedLoadableModuleTest):
 
     def test_BundledModelOnRealSlab(self):
         from LowResDetectLib import selftest
-        from liteseg.data import data_root
+        from liteseg.io.data import data_root
 
         if not (data_root() / selftest.REAL_SLAB).is_file():
             logging.warning(f"LowResDetect self-test: no DeepLesion slab in {data_root()} (set LITESEG_DATA); skipped")

@@ -333,7 +333,7 @@ class MoNetSegmentationTest(ScriptedLoadableModuleTest):
         from MoNetSegmentationLib.engine import importEngine
 
         importEngine()
-        from liteseg.data import data_root
+        from liteseg.io.data import data_root
 
         if not (data_root() / selftest.REAL_CT).is_file():
             logging.warning(f"MoNetSegmentation self-test: no sample CT in {data_root()} (set LITESEG_DATA); skipped")

@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import LiteSegError
+from liteseg.errors import LiteSegError
 
 IntOrInts = Union[int, Sequence[int]]
 

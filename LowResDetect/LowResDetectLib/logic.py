@@ -87,7 +87,7 @@ class DetectionLogic:
                 if self._detectorLoader is not None:
                     self._detectors[key] = self._detectorLoader(model)
                 else:
-                    from liteseg.detection import find_lowres_card, load_detector
+                    from liteseg.detection.lowres import find_lowres_card, load_detector
 
                     card = find_lowres_card(model)
                     network, preprocessing = load_detector(card)
@@ -182,7 +182,7 @@ class DetectionLogic:
         if isCancelled(cancel):
             raise Cancelled("detection cancelled")
 
-        from liteseg.detection import DEFAULT_MAX_VOXELS_STAGE1, DEFAULT_MAX_VOXELS_STAGE2, detect_image
+        from liteseg.detection.lowres import DEFAULT_MAX_VOXELS_STAGE1, DEFAULT_MAX_VOXELS_STAGE2, detect_image
 
         def engineProgress(fraction: float, message: str) -> None:
             report(min(0.9, 0.05 + 0.85 * fraction), f"Detecting: {message}")

@@ -254,7 +254,7 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None, folder=None) -
     """Detect the two synthetic lesions in each geometry; check table, segments and ROIs against
     the engine's detections on the equivalent SimpleITK image; then a volume without lesions.
     Returns {geometry: number of detections}."""
-    from liteseg.detection import detect_image, find_lowres_card, load_detector
+    from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
 
     with tempfile.TemporaryDirectory() if folder is None else _Keep(folder) as directory:
         card = writeDetectorCard(directory)
@@ -291,8 +291,8 @@ def runBundledModelSelfTest(scene, volumesLogic, dataRoot: Path, log: Log = prin
     reader and the bundled LowRes model: table, segments and ROIs equal the engine's detections
     on the same file, and the annotated lesion is found. The slab is one of the model's training
     cases (the card gives the held-out figures). Returns the found lesion's Dice."""
-    from liteseg.detection import detect_image, find_lowres_card, load_detector
-    from liteseg.froc import object_dice
+    from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
+    from liteseg.evaluation.froc import object_dice
 
     slabPath, lesionPath = Path(dataRoot) / REAL_SLAB, Path(dataRoot) / REAL_LESION
     volume = volumesLogic.AddArchetypeVolume(str(slabPath), "Self-test DeepLesion slab")

@@ -8,7 +8,7 @@ Where `MoNetSegmentationLib` is found:
   `<checkout>/LowResDetect` was added, the sibling `<checkout>/MoNetSegmentation` is put on
   `sys.path` here. `MoNetSegmentationLib.engine.importEngine` then finds `liteseg` in the same way.
 
-Listing the LowRes model cards needs no torch (`liteseg.modelcard` is torch-free).
+Listing the LowRes model cards needs no torch (`liteseg.io.modelcard` is torch-free).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from MoNetSegmentationLib.engine import ModelInfo, importEngine  # noqa: E402
 from MoNetSegmentationLib.parameter_gui import parameterWidgets  # noqa: E402,F401  (for the widget)
 
 importEngine()
-from liteseg.modelcard import bundled_cards  # noqa: E402  (torch-free)
+from liteseg.io.modelcard import bundled_cards  # noqa: E402  (torch-free)
 
-LOWRES_NETWORK = "lowres"  # liteseg.detection.LOWRES_NETWORK, which imports torch
+LOWRES_NETWORK = "lowres"  # liteseg.detection.lowres.LOWRES_NETWORK, which imports torch
 
 
 MODEL_CARD_FILE = "Model card file..."  # the model choice that reads the card path field

@@ -7,7 +7,7 @@ Where the engine is found:
 - checkout: when `<checkout>/MoNetSegmentation` is added to Slicer's module paths, `liteseg` is
   not importable; the checkout root (the parent of the module folder) is then put on `sys.path`.
 
-Listing the bundled models (`liteseg.modelcard`) needs no torch, so the model selector is filled
+Listing the bundled models (`liteseg.io.modelcard`) needs no torch, so the model selector is filled
 before torch is known to be installed (it may be missing inside Slicer until the user agrees to
 install it).
 """
@@ -37,7 +37,7 @@ def importEngine():
 
 
 importEngine()
-from liteseg.modelcard import DEFAULT_MODEL, PANCREAS_LABEL, bundled_cards  # noqa: E402,F401  (torch-free)
+from liteseg.io.modelcard import DEFAULT_MODEL, PANCREAS_LABEL, bundled_cards  # noqa: E402,F401  (torch-free)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def availableModels() -> list[ModelInfo]:
     """Bundled models this module can run (readable cards of slice segmentation models, not
     detectors), sorted by name; no torch needed.
 
-    Loading a model goes through `liteseg.inference.load_model`, which checks the weights' sha256.
+    Loading a model goes through `liteseg.segmentation.inference.load_model`, which checks the weights' sha256.
     """
     return [
         ModelInfo(card.name, card.version, card.path, str(card.data.get("description") or card.data.get("notes") or ""))

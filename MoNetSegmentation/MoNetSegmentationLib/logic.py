@@ -42,7 +42,7 @@ def engineMessage(error: Exception) -> str:
 class SegmentationLogic:
     """Segments a scalar volume node with a LiteSeg model into a vtkMRMLSegmentationNode.
 
-    `modelLoader(model) -> (network, card)` defaults to `liteseg.inference.load_model` (bundled
+    `modelLoader(model) -> (network, card)` defaults to `liteseg.segmentation.inference.load_model` (bundled
     model name or model card path, weights checked against the card's sha256); loaded models are
     kept for the next run.
     """
@@ -67,7 +67,7 @@ class SegmentationLogic:
         if key not in self._models:
             loader = self._modelLoader
             if loader is None:
-                from liteseg.inference import load_model as loader
+                from liteseg.segmentation.inference import load_model as loader
             try:
                 self._models[key] = loader(model)
             except LiteSegError as error:
@@ -139,13 +139,13 @@ class SegmentationLogic:
             threshold = card.threshold
         localisation = card.localisation
         if localizeFirst is not None:
-            from liteseg.localisation import Localisation
+            from liteseg.segmentation.localisation import Localisation
 
             localisation = (localisation or Localisation()) if localizeFirst else None
         if isCancelled(cancel):
             raise Cancelled("segmentation cancelled")
 
-        from liteseg.inference import segment_image
+        from liteseg.segmentation.inference import segment_image
 
         def engineProgress(fraction: float, message: str) -> None:
             report(min(0.95, 0.05 + 0.9 * fraction), f"Segmenting: {message}")

@@ -117,8 +117,8 @@ def thresholdModel(cutHu: float = CUT_HU, sliceSize=(64, 64)):
     import torch
     from torch import nn
 
-    from liteseg.modelcard import PANCREAS_LABEL, ModelCard
-    from liteseg.preprocessing import Preprocessing
+    from liteseg.io.modelcard import PANCREAS_LABEL, ModelCard
+    from liteseg.segmentation.preprocessing import Preprocessing
 
     preprocessing = Preprocessing(slice_size=tuple(sliceSize))
     low, high = preprocessing.window
@@ -210,7 +210,7 @@ def checkSameVoxels(segmentationNode, segmentId: str, expected: sitk.Image, what
 def runGeometrySelfTest(scene, log: Log = print, geometries=None) -> dict:
     """Segment the synthetic volume in each geometry with the threshold network; return the
     voxel counts. Each volume is created from the SimpleITK image through the volume bridge."""
-    from liteseg.inference import segment_image
+    from liteseg.segmentation.inference import segment_image
 
     network, card = thresholdModel()
     logic = SegmentationLogic(modelLoader=lambda model: (network, card))
@@ -231,7 +231,7 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None) -> dict:
 
 def runBundledModelSelfTest(scene, log: Log = print, model: str = DEFAULT_MODEL) -> int:
     """The bundled model on the oblique synthetic volume: metadata, and the engine's voxels."""
-    from liteseg.inference import segment_image, with_card_defaults
+    from liteseg.segmentation.inference import segment_image, with_card_defaults
 
     logic = SegmentationLogic()
     network, card = logic.loadModel(model)

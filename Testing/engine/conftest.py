@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from liteseg.data import data_root
+from liteseg.io.data import data_root
 
 
 def real_data(relative: str) -> Path:

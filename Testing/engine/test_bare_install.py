@@ -17,7 +17,7 @@ BARE = textwrap.dedent("""
     import sys
 
     sys.modules["tqdm"] = sys.modules["matplotlib"] = None  # import fails: ImportError
-    from liteseg.cli import main
+    from liteseg.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 

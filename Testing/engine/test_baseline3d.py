@@ -8,12 +8,14 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from liteseg.baseline3d import detect_sliding_window, sliding_window_logits, train_unet3d, unet3d, window_starts
 from liteseg.components import Box
-from liteseg.detection import DetectionPreprocessing
+from liteseg.detection.preprocessing import DetectionPreprocessing
+from liteseg.detection.sliding_window import detect_sliding_window, sliding_window_logits, window_starts
 from liteseg.errors import LiteSegError
 from liteseg.models.pocketnet import PocketNet
+from liteseg.models.unet3d import unet3d
 from liteseg.training.patches import PatchVolume
+from liteseg.training.unet3d_trainer import train_unet3d
 
 GREY = DetectionPreprocessing("grey_0_255", None)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from liteseg.benchmark import NetworkRow, flops_per_slice, format_network_table, time_slices
+from liteseg.benchmarks.segmentation import NetworkRow, flops_per_slice, format_network_table, time_slices
 from liteseg.models import build_model
 
 

@@ -4,12 +4,12 @@ real CT; then the bundled LowRes detector."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import real_data
-from liteseg.demo import run_demo
-from liteseg.inference import load_model, segment_file
-from liteseg.modelcard import DEFAULT_MODEL, bundled_cards, find_card, sha256_file
-from liteseg.metrics import dice
+
+from liteseg.evaluation.metrics import dice
+from liteseg.io.modelcard import DEFAULT_MODEL, bundled_cards, find_card, sha256_file
+from liteseg.segmentation.demo import run_demo
+from liteseg.segmentation.inference import load_model, segment_file
 
 
 def test_bundled_card_is_honest_and_matches_its_weights():
@@ -39,7 +39,7 @@ def test_bundled_card_is_honest_and_matches_its_weights():
 
 
 def test_the_recorded_held_out_figures_are_reproduced():
-    from liteseg.slice_evaluation import evaluate_slice_patients
+    from liteseg.evaluation.slices import evaluate_slice_patients
     from liteseg.training.slice_dataset import cases_from_slice_dataset
 
     real_data("ct/pancreas_NIH-slices/manifest.csv")
@@ -95,7 +95,7 @@ DEEPLESION = "ct/lesions_DeepLesion/CT_Lesion_000002_03_01_035-047"
 
 
 def bundled_lowres_card():
-    from liteseg.detection import find_lowres_card
+    from liteseg.detection.lowres import find_lowres_card
 
     return find_lowres_card(None)
 
@@ -116,9 +116,9 @@ def test_bundled_lowres_card_states_its_input_its_data_and_its_held_out_figures(
 
 
 def test_detect_and_evaluate_a_real_slab_end_to_end(tmp_path, capsys):
-    from liteseg.cli import main
-
     from conftest import real_data
+
+    from liteseg.cli.main import main
 
     image_path = real_data(f"{DEEPLESION}_img_uint8.nii.gz")
     reference_path = real_data(f"{DEEPLESION}_lesion.nii.gz")

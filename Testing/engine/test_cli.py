@@ -6,10 +6,9 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from liteseg.cli import main
-
 from conftest import GEOMETRIES, phantom_image, real_data
+
+from liteseg.cli.main import main
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

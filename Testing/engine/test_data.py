@@ -1,12 +1,11 @@
 """The sample CT: cached with its checksum, taken from the data folder when offline."""
 
 import pytest
-
-from liteseg.data import SAMPLE_CT, SampleFile, data_root, fetch_sample, require_data
-from liteseg.errors import LiteSegError
-from liteseg.modelcard import sha256_file
-
 from conftest import real_data
+
+from liteseg.errors import LiteSegError
+from liteseg.io.data import SAMPLE_CT, SampleFile, data_root, fetch_sample, require_data
+from liteseg.io.modelcard import sha256_file
 
 
 def test_offline_fetch_copies_the_verified_local_file_into_the_cache(tmp_path, monkeypatch):

@@ -22,23 +22,20 @@ import torch
 import torch.nn.functional as F
 from conftest import GEOMETRIES, phantom_image, physical_grid
 
+from liteseg.cli.detect import configure_detect_parser, run_detect
 from liteseg.components import Box
-from liteseg.detection import (
-    DETECTION_CSV_COLUMNS,
-    DetectionPreprocessing,
-    default_csv_path,
+from liteseg.detection.lowres import (
+    before_each_convolution,
     detect_image,
     find_lowres_card,
-    STAGE2_HALO,
-    before_each_convolution,
     grown_cells,
-    plan_tiles,
     refine_box,
     stage1_features,
     upsampled_logits,
-    write_detections_csv,
 )
-from liteseg.detection_cli import configure_detect_parser, run_detect
+from liteseg.detection.preprocessing import DetectionPreprocessing
+from liteseg.detection.results import DETECTION_CSV_COLUMNS, default_csv_path, write_detections_csv
+from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
 from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from liteseg.models.lowres import LowResFeatures, LowResNet, LowResStage1, LowResStage2
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from liteseg.cli import main
+from liteseg.cli.main import main
 from liteseg.components import Box
-from liteseg.detection import Detection, write_detections_csv
-from liteseg.detection_evaluation import evaluate_detections, read_detections_csv
+from liteseg.detection.results import Detection, write_detections_csv
 from liteseg.errors import LiteSegError
+from liteseg.evaluation.detection import evaluate_detections, read_detections_csv
 
 
 def detection(index: int, box: Box, labelmap: np.ndarray, probability: float) -> Detection:

@@ -5,14 +5,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from conftest import GEOMETRIES, phantom_image, write_dicom_series
-from liteseg.cli import main
-from liteseg.dicom_seg import write_dicom_seg
-from liteseg.dicom_series import series_files
+
+from liteseg.cli.main import main
 from liteseg.errors import LiteSegError
-from liteseg.inference import segment_file
-from liteseg.modelcard import DEFAULT_MODEL, find_card
+from liteseg.io.dicom_seg import write_dicom_seg
+from liteseg.io.dicom_series import series_files
+from liteseg.io.modelcard import DEFAULT_MODEL, find_card
+from liteseg.segmentation.inference import segment_file
 
 hd = pytest.importorskip("highdicom")
 

@@ -9,7 +9,7 @@ import pytest
 
 from liteseg.components import Box
 from liteseg.errors import LiteSegError
-from liteseg.froc import (
+from liteseg.evaluation.froc import (
     FROC_CSV_COLUMNS,
     ScanMatch,
     average_recall,

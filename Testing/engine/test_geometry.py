@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from liteseg.geometry import slice_orientation
-
 from conftest import GEOMETRIES, phantom_image, physical_grid
+
+from liteseg.io.geometry import slice_orientation
 
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))

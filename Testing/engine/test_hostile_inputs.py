@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import GEOMETRIES, phantom_image
-from liteseg.cli import main
-from liteseg.modelcard import find_card
+
+from liteseg.cli.main import main
+from liteseg.io.modelcard import find_card
 
 RESULT = "result"  # the expected outcome of a case that must be segmented
 
@@ -101,7 +101,7 @@ def tamper(data: dict, folder: Path) -> None:
 def other_network_weights(data: dict, folder: Path) -> None:
     import torch
 
-    from liteseg.modelcard import sha256_file
+    from liteseg.io.modelcard import sha256_file
     from liteseg.models import build_model
 
     torch.save(build_model("unet16").state_dict(), folder / data["weights"])

@@ -5,11 +5,10 @@ import struct
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import GEOMETRIES, phantom_image, real_data, write_dicom_series
 
 from liteseg.errors import InvalidImageError, LiteSegError
-from liteseg.imageio import as_3d, check_ct_intensities, check_volume, read_image, write_image
-
-from conftest import GEOMETRIES, phantom_image, real_data, write_dicom_series
+from liteseg.io.images import as_3d, check_ct_intensities, check_volume, read_image, write_image
 
 
 def test_dicom_series_folder_reads_with_its_geometry(tmp_path):
@@ -58,7 +57,7 @@ def test_several_dicom_series_need_a_choice_that_the_error_lists(tmp_path):
 
 
 def test_several_dicom_series_in_the_segment_command_are_chosen_with_series(tmp_path, capsys):
-    from liteseg.cli import main
+    from liteseg.cli.main import main
 
     write_dicom_series(phantom_image(GEOMETRIES["oblique_20deg"], size=(12, 10, 6)), tmp_path / "study")
     write_dicom_series(phantom_image(GEOMETRIES["left_handed"], size=(8, 9, 5)), tmp_path / "study",

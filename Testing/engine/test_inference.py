@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import GEOMETRIES, phantom_image
 from torch import nn
 
 from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
-from liteseg.imageio import read_image, write_image
-from liteseg.inference import segment_file, segment_folder, segment_image
-from liteseg.modelcard import PANCREAS_LABEL, ModelCard, load_network, sha256_file
+from liteseg.io.images import read_image, write_image
+from liteseg.io.modelcard import PANCREAS_LABEL, ModelCard, load_network, sha256_file
 from liteseg.models import build_model
-from liteseg.localisation import Localisation
-from liteseg.preprocessing import Preprocessing
-
-from conftest import GEOMETRIES, phantom_image
+from liteseg.segmentation.inference import segment_file, segment_folder, segment_image
+from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.preprocessing import Preprocessing
 
 CUT_HU = 95.0  # between the phantom's body (40 HU) and organ (150 HU)
 
@@ -54,7 +53,7 @@ def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
 def test_labelmap_lies_on_the_input_grid_voxel_for_voxel(name):
     image = phantom_image(GEOMETRIES[name])
     orientation_shape = None
-    from liteseg.geometry import slice_orientation
+    from liteseg.io.geometry import slice_orientation
 
     orientation_shape = slice_orientation(image).canonical_shape(sitk.GetArrayViewFromImage(image).shape)
     # slice size = the native in-plane size: no resampling, so the result must be exact
@@ -192,15 +191,15 @@ def test_model_cards_are_listed_without_importing_torch():
     import subprocess
     import sys
 
-    code = "import sys, liteseg.modelcard as m; m.bundled_cards(); print('torch' in sys.modules)"
+    code = "import sys, liteseg.io.modelcard as m; m.bundled_cards(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
 
 def test_a_detection_model_is_refused_by_the_segmentation_path(tmp_path):
-    from liteseg.inference import load_model
-    from liteseg.modelcard import find_card
+    from liteseg.io.modelcard import find_card
+    from liteseg.segmentation.inference import load_model
 
     lowres = find_card("lowres-lesion")
     assert not lowres.segments_slices

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "liteseg"
-CLI_MODULES = {"liteseg.cli", "liteseg.detection_cli", "liteseg.training.cli", "liteseg.training.lowres_cli"}
+CLI_MODULES = {"liteseg.cli.main", "liteseg.cli.detect", "liteseg.cli.train", "liteseg.cli.train_lowres"}
 
 
 def module_name(path: Path) -> str:

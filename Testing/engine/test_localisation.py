@@ -1,16 +1,15 @@
 """The localisation pass: coarse slices, the region they bound, and segmenting only there."""
 
 import numpy as np
-import torch
 import pytest
 import SimpleITK as sitk
-
-from liteseg.inference import segment_image
-from liteseg.models import MODELS, build_model
-from liteseg.localisation import MULTIPLE, Localisation, Region, coarse_indices, find_region
-from liteseg.preprocessing import Preprocessing
-
+import torch
 from test_inference import WindowNet
+
+from liteseg.models import MODELS, build_model
+from liteseg.segmentation.inference import segment_image
+from liteseg.segmentation.localisation import MULTIPLE, Localisation, Region, coarse_indices, find_region
+from liteseg.segmentation.preprocessing import Preprocessing
 
 
 def test_coarse_slices_cover_both_ends():

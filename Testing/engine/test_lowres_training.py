@@ -11,12 +11,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from liteseg.detection import DetectionPreprocessing, detect_image, find_lowres_card, load_detector
-from liteseg.detection_benchmark import compare_lopo, format_comparison, time_large_volume
+from liteseg.benchmarks.detection import compare_lopo, format_comparison, time_large_volume
+from liteseg.cli.train_lowres import configure_lowres_parser, lowres_config
+from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
+from liteseg.detection.preprocessing import DetectionPreprocessing
 from liteseg.errors import LiteSegError
 from liteseg.models.lowres import LowResNet
 from liteseg.training.datasets import Case
-from liteseg.training.lowres_cli import configure_lowres_parser, lowres_config
+from liteseg.training.lowres_lopo import fold_configs, train_lowres_lopo
 from liteseg.training.lowres_trainer import (
     LowResTrainConfig,
     make_optimizers,
@@ -26,7 +28,6 @@ from liteseg.training.lowres_trainer import (
     train_lowres,
     training_step,
 )
-from liteseg.training.lowres_lopo import fold_configs, train_lowres_lopo
 from liteseg.training.patches import PatchVolume, canonical_volume, random_flips, sample_batch, sample_patch
 
 GREY = DetectionPreprocessing("grey_0_255", None)

@@ -1,4 +1,4 @@
-"""Tests of liteseg.metrics and liteseg.evaluation, on synthetic masks and on the real data."""
+"""Tests of liteseg.evaluation.metrics and liteseg.evaluation.segmentation, on synthetic masks and on the real data."""
 
 import csv
 import math
@@ -12,14 +12,14 @@ import SimpleITK as sitk
 
 from liteseg.components import Box, component_boxes, largest_component
 from liteseg.errors import LiteSegError
-from liteseg.evaluation import (
+from liteseg.evaluation.metrics import check_same_grid, dice, hausdorff95
+from liteseg.evaluation.segmentation import (
     CaseMetrics,
     evaluate_case,
     evaluate_paths,
     format_metrics_table,
     write_csv,
 )
-from liteseg.metrics import check_same_grid, dice, hausdorff95
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

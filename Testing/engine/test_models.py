@@ -11,9 +11,9 @@ from liteseg.models import MODELS, build_model
 from liteseg.models.attention_unet import attention_unet
 from liteseg.models.lowres import LowResNet, LowResStage1, LowResStage2
 from liteseg.models.monet import MoNet
+from liteseg.models.params import count_parameters, format_model_table, model_table_rows
 from liteseg.models.pocketnet import PocketNet
 from liteseg.models.unet import unet16
-from liteseg.params import count_parameters, format_model_table, model_table_rows
 
 # name -> (trainable, Keras total); Keras total is None where BN statistics are not counted.
 EXPECTED = {

@@ -7,8 +7,8 @@ from torch import nn
 
 from liteseg.errors import LiteSegError
 from liteseg.models import build_model
-from liteseg.preprocessing import Preprocessing
-from liteseg.runtime import batch_for, fold_batchnorm, make_runner
+from liteseg.segmentation.preprocessing import Preprocessing
+from liteseg.segmentation.runtime import batch_for, fold_batchnorm, make_runner
 
 
 def with_trained_statistics(network: nn.Module) -> nn.Module:

@@ -11,17 +11,23 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import real_data
-from liteseg.cli import main
+
+from liteseg.cli.main import main
 from liteseg.errors import LiteSegError
-from liteseg.geometry import slice_orientation
-from liteseg.inference import _model_input
-from liteseg.modelcard import ModelCard, load_network
-from liteseg.preprocessing import Preprocessing, resize_slices
-from liteseg.localisation import Localisation
-from liteseg.slice_evaluation import (PatientDice, VolumeCheck, evaluate_slice_patients, far_slice_mask, held_out_patients,
-                                      record_evaluation)
+from liteseg.evaluation.slices import (
+    PatientDice,
+    VolumeCheck,
+    evaluate_slice_patients,
+    far_slice_mask,
+    held_out_patients,
+    record_evaluation,
+)
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.modelcard import ModelCard, load_network
+from liteseg.segmentation.inference import _model_input
+from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.preprocessing import Preprocessing, resize_slices
 from liteseg.training import TrainConfig, split_by_patient, train
 from liteseg.training.datasets import Slices, load_slices, select_slices
 from liteseg.training.slice_dataset import (

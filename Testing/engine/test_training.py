@@ -11,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from liteseg.cli.train import cases_from_args, configure_parser
 from liteseg.errors import LiteSegError
-from liteseg.modelcard import ModelCard, load_network, sha256_file
-from liteseg.preprocessing import Preprocessing
+from liteseg.io.modelcard import ModelCard, load_network, sha256_file
+from liteseg.segmentation.preprocessing import Preprocessing
 from liteseg.training import (
     Case,
     TrainConfig,
@@ -24,7 +25,6 @@ from liteseg.training import (
     train,
 )
 from liteseg.training.augment import random_affine
-from liteseg.training.cli import cases_from_args, configure_parser
 from liteseg.training.datasets import load_slices, merge_labels
 from liteseg.training.losses import dice_loss
 

@@ -44,7 +44,7 @@ def core():
 @pytest.fixture()
 def data_root() -> Path:
     """The shared real-data folder ($LITESEG_DATA); skipped when absent, except in CI."""
-    from liteseg.data import data_root as root
+    from liteseg.io.data import data_root as root
 
     from MoNetSegmentationLib.selftest import REAL_CT
 
@@ -59,7 +59,7 @@ def data_root() -> Path:
 @pytest.fixture()
 def bundled_model():
     """The bundled default model's card; skipped when its weights are not there yet, except in CI."""
-    from liteseg.modelcard import DEFAULT_MODEL, bundled_cards
+    from liteseg.io.modelcard import DEFAULT_MODEL, bundled_cards
 
     cards = [card for card in bundled_cards() if card.name == DEFAULT_MODEL and card.weights_path.is_file()]
     if not cards:
@@ -80,8 +80,8 @@ def _required(condition: bool, what: str) -> None:
 @pytest.fixture()
 def bundled_lowres_model():
     """The bundled LowRes model's card (skipped when none is bundled, except in CI)."""
-    from liteseg.detection import LOWRES_NETWORK
-    from liteseg.modelcard import bundled_cards
+    from liteseg.detection.lowres import LOWRES_NETWORK
+    from liteseg.io.modelcard import bundled_cards
 
     cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK and card.weights_path.is_file()]
     _required(len(cards) == 1, "one bundled LowRes model in Resources/Models")
@@ -91,7 +91,7 @@ def bundled_lowres_model():
 @pytest.fixture()
 def deeplesion_root() -> Path:
     """The shared real-data folder holding the DeepLesion slab of LowResDetect's self-test."""
-    from liteseg.data import data_root as root
+    from liteseg.io.data import data_root as root
 
     if str(ROOT / "LowResDetect") not in sys.path:
         sys.path.insert(0, str(ROOT / "LowResDetect"))
@@ -106,9 +106,9 @@ def random_monet_card(tmp_path):
     """A model card with an untrained MoNet (real weights file, checksum), in tmp_path/models."""
     import torch
 
-    from liteseg.modelcard import PANCREAS_LABEL, ModelCard, sha256_file
+    from liteseg.io.modelcard import PANCREAS_LABEL, ModelCard, sha256_file
     from liteseg.models import build_model
-    from liteseg.preprocessing import Preprocessing
+    from liteseg.segmentation.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     folder = tmp_path / "models"

@@ -24,7 +24,7 @@ from slicer_fixtures import ROOT, core  # noqa: E402,F401  (pytest fixtures)
 if str(ROOT / "LowResDetect") not in sys.path:
     sys.path.insert(0, str(ROOT / "LowResDetect"))
 
-from liteseg.detection import detect_image, find_lowres_card, load_detector  # noqa: E402
+from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
 
 from LowResDetectLib import outputs, selftest, shared  # noqa: E402
 from LowResDetectLib.logic import Cancelled, DetectionLogic  # noqa: E402
@@ -218,7 +218,7 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
         logic.process(volume)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         logic.process(volume, model="nope")
-    from liteseg.modelcard import DEFAULT_MODEL  # a MoNet card is not a detector
+    from liteseg.io.modelcard import DEFAULT_MODEL  # a MoNet card is not a detector
 
     monet = Path(__file__).resolve().parents[2] / "Resources" / "Models" / f"{DEFAULT_MODEL}.json"
     if monet.is_file():

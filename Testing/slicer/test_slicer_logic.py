@@ -14,7 +14,7 @@ slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
 from slicer_fixtures import bundled_model, core, data_root, random_monet_card  # noqa: E402,F401  (pytest fixtures)
 
-from liteseg.inference import segment_image, with_card_defaults  # noqa: E402
+from liteseg.segmentation.inference import segment_image, with_card_defaults  # noqa: E402
 
 from MoNetSegmentationLib import engine, segmentation_writer, selftest, volume_bridge  # noqa: E402
 from MoNetSegmentationLib.logic import Cancelled, SegmentationLogic  # noqa: E402
@@ -204,7 +204,7 @@ def test_unknown_model_and_real_monet_card(core, random_monet_card):
 
 
 def test_model_listing_without_torch_matches_the_engine(monkeypatch, random_monet_card):
-    from liteseg import modelcard
+    from liteseg.io import modelcard
 
     monkeypatch.setenv("LITESEG_MODELS", str(random_monet_card.path.parent))
     assert [(c.name, c.version) for c in modelcard.bundled_cards()] == [("random-monet", "0.0.1")]

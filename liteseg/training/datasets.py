@@ -14,11 +14,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import LiteSegError
-from ..geometry import slice_orientation
-from ..imageio import as_3d, case_name, check_ct_intensities, check_volume, label_mask, read_image
-from ..metrics import check_same_grid
-from ..preprocessing import Preprocessing, resize_slices
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.metrics import check_same_grid
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.images import as_3d, case_name, check_ct_intensities, check_volume, label_mask, read_image
+from liteseg.segmentation.preprocessing import Preprocessing, resize_slices
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def dataset_path(cell: str, folder: Path) -> Path:
     (`data.data_root`), other relative paths are relative to `folder` (the dataset file's folder)."""
     cell = cell.strip()
     if cell.startswith(DATA_PREFIX):
-        from ..data import data_root
+        from liteseg.io.data import data_root
 
         return data_root() / cell[len(DATA_PREFIX):]
     return folder / cell

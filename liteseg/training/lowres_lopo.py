@@ -14,14 +14,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from ..detection import load_detector
-from ..errors import LiteSegError
-from ..console import matplotlib_available
-from ..froc import froc_curve, plot_froc, write_froc_csv
-from ..modelcard import ModelCard, write_card
-from .datasets import Case
-from .lowres_trainer import HeldOutScores, LowResTrainConfig, lowres_detector, score_detection, train_lowres
-from .trainer import CHECKPOINT_NAME
+from liteseg.cli.console import matplotlib_available
+from liteseg.detection.lowres import load_detector
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.froc import froc_curve, plot_froc, write_froc_csv
+from liteseg.io.modelcard import ModelCard, write_card
+from liteseg.training.datasets import Case
+from liteseg.training.lowres_trainer import (
+    HeldOutScores,
+    LowResTrainConfig,
+    lowres_detector,
+    score_detection,
+    train_lowres,
+)
+from liteseg.training.trainer import CHECKPOINT_NAME
 
 FOLDS_DIR = "folds"
 FROC_SUFFIX = "_lopo_froc"  # after the model name: the files can sit beside the card in Resources/Models

@@ -36,29 +36,39 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
-from ..console import iterate, matplotlib_available
-from ..detection import DetectionPreprocessing, DetectionResult, detect_image
-from ..errors import LiteSegError
-from ..froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
-from ..imageio import as_3d, check_volume, read_image
-from ..metrics import check_same_grid, dice
-from ..modelcard import sha256_file, write_card
-from ..models.lowres import LowResNet
-from .datasets import Case, merge_labels
-from .losses import dice_loss
-from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY, PatchVolume, canonical_volume, check_patch_size, random_flips, sample_batch
-from .trainer import (
+from liteseg import __version__
+from liteseg.cli.console import iterate, matplotlib_available
+from liteseg.detection.lowres import detect_image
+from liteseg.detection.preprocessing import DetectionPreprocessing
+from liteseg.detection.results import DetectionResult
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
+from liteseg.evaluation.metrics import check_same_grid, dice
+from liteseg.io.images import as_3d, check_volume, read_image
+from liteseg.io.modelcard import sha256_file, write_card
+from liteseg.models.lowres import LowResNet
+from liteseg.training.datasets import Case, merge_labels
+from liteseg.training.losses import dice_loss
+from liteseg.training.patches import (
+    DEFAULT_PATCH_SIZE,
+    LESION_PROBABILITY,
+    PatchVolume,
+    canonical_volume,
+    check_patch_size,
+    random_flips,
+    sample_batch,
+)
+from liteseg.training.trainer import (
     common_problems,
     config_to_dict,
     epoch_bar,
     raise_first_problem,
     read_checkpoint,
-    start_run,
     restore_rng_state,
     rng_state,
     save_atomic,
     split_description,
+    start_run,
     validates_on_training_cases,
 )
 

@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import LiteSegError
-from ..geometry import slice_orientation
-from ..imageio import label_mask
+from liteseg.errors import LiteSegError
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.images import label_mask
 
 DEFAULT_PATCH_SIZE = (64, 64, 64)
 LESION_PROBABILITY = 0.5

@@ -34,11 +34,11 @@ from typing import Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import LiteSegError
-from ..geometry import slice_orientation
-from ..imageio import as_3d, check_ct_intensities, check_volume, read_image
-from ..preprocessing import Preprocessing
-from .datasets import dataset_path
+from liteseg.errors import LiteSegError
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.images import as_3d, check_ct_intensities, check_volume, read_image
+from liteseg.segmentation.preprocessing import Preprocessing
+from liteseg.training.datasets import dataset_path
 
 ROW_ORDERS = ("anterior_to_posterior", "posterior_to_anterior")
 
@@ -208,7 +208,7 @@ def cases_from_slice_dataset(path: str | Path) -> list:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise LiteSegError(f"cannot read slice dataset {path}: {error.__class__.__name__} {error}") from None
     if not manifest.is_file():
-        from ..data import DATA_ENV
+        from liteseg.io.data import DATA_ENV
 
         raise LiteSegError(f"slice manifest not found: {manifest} (set {DATA_ENV} to the folder holding ct/)")
     with open(manifest, newline="") as handle:

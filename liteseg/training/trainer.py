@@ -24,18 +24,18 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from .. import __version__
-from ..console import iterate, matplotlib_available, progress_bar
-from ..errors import LiteSegError
-from ..inference import segment_image
-from ..metrics import dice, hausdorff95
-from ..modelcard import PANCREAS_LABEL, sha256_file, write_card
-from ..models import MODELS, build_model
-from ..preprocessing import Preprocessing
-from .augment import random_affine
-from .datasets import Case, Slices, load_slices, read_case, select_slices, split_by_patient
-from .losses import dice_loss
-from .slice_dataset import SlicePatient
+from liteseg import __version__
+from liteseg.cli.console import iterate, matplotlib_available, progress_bar
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.metrics import dice, hausdorff95
+from liteseg.io.modelcard import PANCREAS_LABEL, sha256_file, write_card
+from liteseg.models import MODELS, build_model
+from liteseg.segmentation.inference import segment_image
+from liteseg.segmentation.preprocessing import Preprocessing
+from liteseg.training.augment import random_affine
+from liteseg.training.datasets import Case, Slices, load_slices, read_case, select_slices, split_by_patient
+from liteseg.training.losses import dice_loss
+from liteseg.training.slice_dataset import SlicePatient
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CURVE_NAME = "training_curve.png"

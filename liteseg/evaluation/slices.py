@@ -14,14 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 from torch import nn
 
-from .errors import LiteSegError
-from .geometry import slice_orientation
-from .inference import segment_image
-from .localisation import Localisation
-from .metrics import dice
-from .modelcard import ModelCard, write_card
-from .progress import ProgressCallback
-from .training.slice_dataset import SlicePatient
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.metrics import dice
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.modelcard import ModelCard, write_card
+from liteseg.progress import ProgressCallback
+from liteseg.segmentation.inference import segment_image
+from liteseg.segmentation.localisation import Localisation
+from liteseg.training.slice_dataset import SlicePatient
 
 # Slices at least this far (mm) from every reference slice count as "a CT part without pancreas".
 FAR_FROM_TARGET_MM = 30.0

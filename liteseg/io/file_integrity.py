@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
-from .errors import InvalidImageError
+from liteseg.errors import InvalidImageError
 
 _CHUNK = 1 << 22
 GZIP_MAGIC = b"\x1f\x8b"

@@ -10,13 +10,13 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
-from .geometry import slice_orientation
-from .imageio import read_image, write_image
-from .inference import load_model, segment_image, with_card_defaults
-from .progress import ProgressCallback
-from .metrics import dice
-from .modelcard import DEFAULT_MODEL
+from liteseg.evaluation.metrics import dice
+from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.images import read_image, write_image
+from liteseg.io.modelcard import DEFAULT_MODEL
+from liteseg.progress import ProgressCallback
+from liteseg.segmentation.inference import load_model, segment_image, with_card_defaults
 
 DISPLAY_WINDOW = (-200.0, 300.0)  # HU, soft-tissue display
 PREDICTION_RGB = (255, 40, 40)

@@ -4,12 +4,11 @@ training and inference."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .errors import LiteSegError
+from liteseg.errors import LiteSegError
 
 if TYPE_CHECKING:
     import torch

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .localisation import Localisation
-from .models import build_model
-from .params import state_dict_megabytes
-from .runtime import batch_for, make_runner
+from liteseg.models import build_model
+from liteseg.models.params import state_dict_megabytes
+from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.runtime import batch_for, make_runner
 
 # MoNet paper: Table 2 (seconds for 150 slices of 256x256 on an 8-core 2.4 GHz i9 CPU) and
 # Table 3 (serialised Keras h5 size in MB).
@@ -149,9 +149,9 @@ class JobRow:
 
 def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, queue) -> None:
     """One whole job in a fresh process (so that its peak RSS is its own): read, segment, write."""
-    from .imageio import read_image, write_image
-    from .inference import load_model, segment_image
-    from .metrics import dice
+    from liteseg.evaluation.metrics import dice
+    from liteseg.io.images import read_image, write_image
+    from liteseg.segmentation.inference import load_model, segment_image
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -230,7 +230,7 @@ def run_bench(
 ) -> None:
     """Measure and print the network table, then the whole job three ways on a 512x512x150 CT,
     then the default job's memory on a 512x512x600 CT."""
-    from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+    from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -268,8 +268,8 @@ class LocalisationRow:
 def localisation_cases(ct_path: Path, reference_path: Path, job_ct: Path, job_reference: Path) -> list[tuple[str, sitk.Image, np.ndarray]]:
     """(name, CT, reference mask) of the real pancreas cases: the sample CT, its 30-slice crop
     with TotalSegmentator v2's labels (when the data folder has it) and its 512x512x150 resampling."""
-    from .data import data_root
-    from .imageio import read_image
+    from liteseg.io.data import data_root
+    from liteseg.io.images import read_image
 
     cases = [("sample CT 122x101x112", read_image(ct_path), sitk.GetArrayFromImage(read_image(reference_path)) > 0.5)]
     crop = data_root() / "ct/pancreas_TS-A"
@@ -282,8 +282,8 @@ def localisation_cases(ct_path: Path, reference_path: Path, job_ct: Path, job_re
 
 def localisation_check(ct_path: Path, reference_path: Path, job_ct: Path, job_reference: Path) -> list[LocalisationRow]:
     """Dice of full-volume and localised inference (the bundled card's setting) on the real cases."""
-    from .inference import load_model, segment_image
-    from .metrics import dice
+    from liteseg.evaluation.metrics import dice
+    from liteseg.segmentation.inference import load_model, segment_image
 
     network, card = load_model()
     rows = []

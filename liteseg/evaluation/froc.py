@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .components import Box, label_components
-from .errors import LiteSegError
-from .metrics import dice
+from liteseg.components import Box, label_components
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.metrics import dice
 
 FROC_CSV_COLUMNS = ("threshold", "fp_per_scan", "recall")
 _RATE_TOLERANCE = 1e-9  # FP rates are ratios of counts: compare them to the grid with slack

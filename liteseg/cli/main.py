@@ -10,12 +10,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import __version__
-from .console import ProgressBar, matplotlib_available
-from .errors import LiteSegError
-from .localisation import Localisation
-from .modelcard import DEFAULT_MODEL
-from .runtime import BACKENDS
+from liteseg import __version__
+from liteseg.cli.console import ProgressBar, matplotlib_available
+from liteseg.errors import LiteSegError
+from liteseg.io.modelcard import DEFAULT_MODEL
+from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.runtime import BACKENDS
 
 
 def _format_seconds(seconds: dict[str, float]) -> str:
@@ -23,8 +23,8 @@ def _format_seconds(seconds: dict[str, float]) -> str:
 
 
 def cmd_models(_args: argparse.Namespace) -> int:
-    from .modelcard import bundled_cards
-    from .params import format_model_table, model_table_rows
+    from liteseg.io.modelcard import bundled_cards
+    from liteseg.models.params import format_model_table, model_table_rows
 
     print(format_model_table(model_table_rows()))
     print("\nBundled weights:")
@@ -34,7 +34,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference import segment_file, segment_folder
+    from liteseg.segmentation.inference import segment_file, segment_folder
 
     options = dict(
         keep_largest=args.largest_component,
@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return evaluate_model(args)
     if args.prediction is None or args.reference is None:
         raise LiteSegError("give a PREDICTION and a REFERENCE, or --slices DATASET with --model")
-    from .evaluation import evaluate_paths, format_metrics_table, write_csv
+    from liteseg.evaluation.segmentation import evaluate_paths, format_metrics_table, write_csv
 
     rows = evaluate_paths(args.prediction, args.reference, ref_labels=args.label_values)
     print(format_metrics_table(rows))
@@ -94,8 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     if args.froc:
-        from .detection_evaluation import evaluate_detections, format_detection_table
-        from .froc import plot_froc, write_froc_csv
+        from liteseg.evaluation.detection import evaluate_detections, format_detection_table
+        from liteseg.evaluation.froc import plot_froc, write_froc_csv
 
         cases, dices, curve = evaluate_detections(args.prediction, args.reference, ref_labels=args.label_values)
         print(format_detection_table(cases, dices, curve))
@@ -113,12 +113,18 @@ def evaluate_model(args: argparse.Namespace) -> int:
     and with --sample-ct its whole-volume figures on the sample CT."""
     import csv
 
-    from .data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
-    from .imageio import read_image
-    from .inference import load_model
-    from .slice_evaluation import (check_whole_volume, evaluate_slice_patients, format_patient_table,
-                                   format_volume_table, held_out_patients, record_evaluation)
-    from .training.slice_dataset import cases_from_slice_dataset
+    from liteseg.evaluation.slices import (
+        check_whole_volume,
+        evaluate_slice_patients,
+        format_patient_table,
+        format_volume_table,
+        held_out_patients,
+        record_evaluation,
+    )
+    from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+    from liteseg.io.images import read_image
+    from liteseg.segmentation.inference import load_model
+    from liteseg.training.slice_dataset import cases_from_slice_dataset
 
     network, card = load_model(args.model)
     patients = args.patients or held_out_patients(card)
@@ -151,7 +157,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from liteseg.segmentation.demo import run_demo
 
     bar = ProgressBar("segmenting sample CT")
     try:
@@ -176,12 +182,12 @@ def train_parser(method: str) -> argparse.ArgumentParser:
     """The options of `liteseg train --method METHOD` (each method has its own)."""
     parser = argparse.ArgumentParser(prog=f"liteseg train --method {method}")
     if method == "lowres":
-        from .training.lowres_cli import configure_lowres_parser, run_lowres
+        from liteseg.cli.train_lowres import configure_lowres_parser, run_lowres
 
         configure_lowres_parser(parser)
         parser.set_defaults(run=run_lowres)
     else:
-        from .training.cli import configure_parser, run
+        from liteseg.cli.train import configure_parser, run
 
         configure_parser(parser)
         parser.set_defaults(run=run)
@@ -194,15 +200,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import run_bench
+    from liteseg.benchmarks.segmentation import run_bench
 
     run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end)
     return 0
 
 
 def cmd_bench_detection(args: argparse.Namespace) -> int:
-    from .detection_benchmark import run_detection_bench
-    from .training.datasets import cases_from_pairs_csv
+    from liteseg.benchmarks.detection import run_detection_bench
+    from liteseg.training.datasets import cases_from_pairs_csv
 
     run_detection_bench(args.lopo_dir, cases_from_pairs_csv(args.dataset), args.unet_steps, args.unet_batch_size,
                         args.repeat_slices)
@@ -248,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     detect = commands.add_parser("detect", help="LowRes two-stage detection: labelmap plus a CSV of detected objects")
-    from .detection_cli import configure_detect_parser, run_detect
+    from liteseg.cli.detect import configure_detect_parser, run_detect
 
     configure_detect_parser(detect)
     detect.set_defaults(run=run_detect)

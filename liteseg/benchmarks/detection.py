@@ -19,21 +19,24 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .baseline3d import detect_sliding_window, train_unet3d, unet3d
-from .detection import DetectionPreprocessing, load_detector
-from .errors import LiteSegError
-from .modelcard import ModelCard
-from .models.lowres import LowResNet
-from .training.datasets import Case
-from .training.lowres_lopo import FOLDS_DIR
-from .training.lowres_trainer import (
+from liteseg.detection.lowres import load_detector
+from liteseg.detection.preprocessing import DetectionPreprocessing
+from liteseg.detection.sliding_window import detect_sliding_window
+from liteseg.errors import LiteSegError
+from liteseg.io.modelcard import ModelCard
+from liteseg.models.lowres import LowResNet
+from liteseg.models.unet3d import unet3d
+from liteseg.training.datasets import Case
+from liteseg.training.lowres_lopo import FOLDS_DIR
+from liteseg.training.lowres_trainer import (
     HeldOutScores,
     LowResTrainConfig,
     lowres_detector,
     read_detection_case,
     score_detection,
 )
-from .training.patches import canonical_volume
+from liteseg.training.patches import canonical_volume
+from liteseg.training.unet3d_trainer import train_unet3d
 
 UNET_DIR = "unet3d"
 

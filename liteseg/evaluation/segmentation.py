@@ -10,9 +10,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidImageError, LiteSegError
-from .imageio import IMAGE_SUFFIXES, case_name, image_suffix, label_mask, read_image
-from .metrics import check_same_grid, dice, hausdorff95
+from liteseg.errors import InvalidImageError, LiteSegError
+from liteseg.evaluation.metrics import check_same_grid, dice, hausdorff95
+from liteseg.io.images import IMAGE_SUFFIXES, case_name, image_suffix, label_mask, read_image
 
 CSV_HEADER = ("case", "dice", "hd95_mm", "pred_voxels", "ref_voxels")
 

@@ -8,12 +8,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import LiteSegError
-from ..modelcard import ModelCard
-from .datasets import Case, case_from_pair, cases_from_decathlon, cases_from_pairs_csv
-from ..preprocessing import Preprocessing
-from .slice_dataset import cases_from_slice_dataset, is_slice_dataset
-from .trainer import LABEL_PRESETS, TrainConfig, train
+from liteseg.errors import LiteSegError
+from liteseg.io.modelcard import ModelCard
+from liteseg.segmentation.preprocessing import Preprocessing
+from liteseg.training.datasets import Case, case_from_pair, cases_from_decathlon, cases_from_pairs_csv
+from liteseg.training.slice_dataset import cases_from_slice_dataset, is_slice_dataset
+from liteseg.training.trainer import LABEL_PRESETS, TrainConfig, train
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

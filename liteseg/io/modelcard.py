@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from .errors import LiteSegError, WeightsError
-from .localisation import Localisation
-from .preprocessing import Preprocessing
+from liteseg.errors import LiteSegError, WeightsError
+from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +38,7 @@ PANCREAS_LABEL = {
 def models_dir() -> Path:
     """Folder of the bundled weights: $LITESEG_MODELS, else `Resources/Models` of the checkout."""
     override = os.environ.get("LITESEG_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def sha256_file(path: Path) -> str:
@@ -150,7 +150,7 @@ def load_network(card: ModelCard) -> "nn.Module":
     weights after checking their sha256; eval mode."""
     import torch
 
-    from .models import build_model
+    from liteseg.models import build_model
 
     weights = card.weights_path
     if not weights.is_file():

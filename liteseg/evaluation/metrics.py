@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import LiteSegError
+from liteseg.errors import LiteSegError
 
 _GRID_TOLERANCE = 1e-4
 

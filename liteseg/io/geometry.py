@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidImageError
+from liteseg.errors import InvalidImageError
 
 # Canonical axis c follows LPS physical axis 2 - c: S for slices, P for rows, L for columns.
 _PHYSICAL_AXIS_OF_CANONICAL = (2, 1, 0)

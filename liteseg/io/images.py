@@ -9,9 +9,9 @@ from typing import Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom_series import read_dicom_series
-from .errors import InvalidImageError, LiteSegError
-from .file_integrity import check_file_complete
+from liteseg.errors import InvalidImageError, LiteSegError
+from liteseg.io.dicom_series import read_dicom_series
+from liteseg.io.file_integrity import check_file_complete
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 

@@ -6,17 +6,16 @@ import argparse
 import time
 from pathlib import Path
 
-from .console import ProgressBar
-from .detection import (
+from liteseg.cli.console import ProgressBar
+from liteseg.detection.lowres import (
     DEFAULT_MAX_VOXELS_STAGE1,
     DEFAULT_MAX_VOXELS_STAGE2,
-    default_csv_path,
     detect_image,
     find_lowres_card,
     load_detector,
-    write_detections_csv,
 )
-from .imageio import check_output_path, read_image, write_image
+from liteseg.detection.results import default_csv_path, write_detections_csv
+from liteseg.io.images import check_output_path, read_image, write_image
 
 
 def configure_detect_parser(parser: argparse.ArgumentParser) -> None:

@@ -15,11 +15,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .components import Box
-from .detection import DETECTION_CSV_COLUMNS, default_csv_path
-from .errors import LiteSegError
-from .evaluation import paired_paths, read_pair
-from .froc import FrocCurve, ScanMatch, average_recall, froc_curve, match_scan, object_dice
+from liteseg.components import Box
+from liteseg.detection.results import DETECTION_CSV_COLUMNS, default_csv_path
+from liteseg.errors import LiteSegError
+from liteseg.evaluation.froc import FrocCurve, ScanMatch, average_recall, froc_curve, match_scan, object_dice
+from liteseg.evaluation.segmentation import paired_paths, read_pair
 
 _BOX_COLUMNS = ("box_k_start", "box_j_start", "box_i_start", "box_k_stop", "box_j_stop", "box_i_stop")
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidImageError
+from liteseg.errors import InvalidImageError
 
 POSITION_TAG = "0020|0032"  # Image Position (Patient), mm
 ORIENTATION_TAG = "0020|0037"  # Image Orientation (Patient): row and column direction cosines

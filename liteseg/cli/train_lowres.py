@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..detection import DetectionPreprocessing
-from ..errors import LiteSegError
-from ..modelcard import ModelCard
-from .cli import add_data_options, cases_from_args, recorded_command
-from .lowres_lopo import train_lowres_lopo
-from .lowres_trainer import LowResTrainConfig, format_score, train_lowres
-from .patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY
+from liteseg.cli.train import add_data_options, cases_from_args, recorded_command
+from liteseg.detection.preprocessing import DetectionPreprocessing
+from liteseg.errors import LiteSegError
+from liteseg.io.modelcard import ModelCard
+from liteseg.training.lowres_lopo import train_lowres_lopo
+from liteseg.training.lowres_trainer import LowResTrainConfig, format_score, train_lowres
+from liteseg.training.patches import DEFAULT_PATCH_SIZE, LESION_PROBABILITY
 
 
 def configure_lowres_parser(parser: argparse.ArgumentParser) -> None:

@@ -27,11 +27,8 @@ slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input 
 from __future__ import annotations
 
 import contextlib
-import csv
-import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -40,181 +37,33 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .components import Box, component_boxes, label_components
-from .errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
-from .geometry import SliceOrientation, slice_orientation
-from .imageio import as_3d, case_name, check_ct_intensities, check_volume
-from .modelcard import ModelCard, bundled_cards, find_card, load_network
-from .models.lowres import LowResFeatures, LowResNet, LowResStage1
-from .progress import CancelFlag, ProgressCallback, is_cancelled
+from liteseg.components import Box, component_boxes, label_components
+from liteseg.detection.preprocessing import DetectionPreprocessing, canonical_input
+from liteseg.detection.results import DetectionResult, labelmap_image, make_detection
+from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
+from liteseg.errors import Cancelled, LiteSegError, WeightsError
+from liteseg.io.images import as_3d
+from liteseg.io.modelcard import ModelCard, bundled_cards, find_card, load_network
+from liteseg.models.lowres import LowResFeatures, LowResNet, LowResStage1
+from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled
 
 DEFAULT_MAX_VOXELS_STAGE1 = 2**25  # input voxels per stage-1 tile: ~1.3 GB of activations (~40 B/voxel)
 
-# Stage-1 context in x8 voxels. A logit of x8 cell i depends on input voxels 8i-68 .. 8i+75
-# (4 convolutions at 1/2, 5 at 1/4 and 5 at 1/8 resolution, plus the pooling windows), so a
-# tile grown by 9 cells on every side computes its central cells exactly as the untiled pass.
-STAGE1_HALO = 9
 
 DEFAULT_MAX_VOXELS_STAGE2 = 2**22  # full-resolution voxels per stage-2 tile (~17 channels: ~0.3 GB per activation)
 
-# Stage-2 context in x8 voxels. A full-resolution logit depends on input voxels up to 28 away
-# (4 convolutions at full resolution, 5 at 1/2, the x2 and x8 trilinear upsamplings): 3.5 cells.
-STAGE2_HALO = 4
 
 # Stitched stage-1 levels and their voxels per x8 voxel along each axis (x1 is the input).
 _LEVEL_FACTOR = {"x2_inp": 4, "x2": 4, "x4": 2, "x8": 1, "logits8": 1}
 
+
 _SLAB_CELLS = 4  # x8 rows per slab when upsampling the stage-1 logits to full resolution
+
+
 LOWRES_NETWORK = "lowres"  # the network name of LowRes model cards
+
+
 _LOGIT_LIMIT = 60000.0  # logits are clamped to the float16 range of the full-resolution map
-
-DETECTION_CSV_COLUMNS = (
-    "index",
-    "max_probability",
-    "volume_ml",
-    "centre_l_mm",
-    "centre_p_mm",
-    "centre_s_mm",
-    "centre_r_mm",
-    "centre_a_mm",
-    "box_k_start",
-    "box_k_stop",
-    "box_j_start",
-    "box_j_stop",
-    "box_i_start",
-    "box_i_stop",
-    "size_k_mm",
-    "size_j_mm",
-    "size_i_mm",
-)
-
-_PREPROCESSING_KINDS = ("hu_window", "grey_0_255")
-
-
-@dataclass(frozen=True)
-class DetectionPreprocessing:
-    """Intensity normalisation of a LowRes model's input (3D, native spacing).
-
-    kind "hu_window": clip to `window` in HU and scale to [0, 1] (LUNA16: [-1000, 300]); the
-    input must look like a CT in HU. kind "grey_0_255": grey levels 0-255 (DeepLesion PNG
-    slices) divided by 255 after clipping to [0, 255]; the input must lie in [0, 255] (a CT in
-    HU does not). `allow_non_ct` skips either check.
-    """
-
-    kind: str = "hu_window"
-    window: Optional[tuple[float, float]] = (-1000.0, 300.0)
-
-    def __post_init__(self) -> None:
-        if self.kind not in _PREPROCESSING_KINDS:
-            raise LiteSegError(f"unknown detection preprocessing {self.kind!r}; expected one of {_PREPROCESSING_KINDS}")
-        if self.kind == "hu_window" and (self.window is None or self.window[0] >= self.window[1]):
-            raise LiteSegError(f"preprocessing 'hu_window' needs a window (low, high), got {self.window}")
-        if self.kind == "grey_0_255" and self.window is not None:
-            raise LiteSegError("preprocessing 'grey_0_255' takes no window")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DetectionPreprocessing:
-        if "kind" not in data:
-            raise LiteSegError(f"not a detection preprocessing (no 'kind'): {data}")
-        window = data.get("window")
-        return cls(kind=data["kind"], window=tuple(window) if window is not None else None)  # type: ignore[arg-type]
-
-    def check(self, image: sitk.Image, allow_non_ct: bool = False) -> None:
-        """Refuse an image whose intensities cannot be what this preprocessing expects."""
-        if allow_non_ct:
-            return
-        if self.kind == "hu_window":
-            check_ct_intensities(image)
-            return
-        array = sitk.GetArrayViewFromImage(image)
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 255:
-            raise InvalidImageError(
-                f"input intensities {low:g} to {high:g}: this model expects grey levels 0-255 (DeepLesion 8-bit "
-                "slices), not Hounsfield units; rescale the volume to 0-255 or use a model trained on HU "
-                "(use --allow-non-ct to override)"
-            )
-
-    def normalize(self, volume: np.ndarray) -> np.ndarray:
-        """The volume mapped to [0, 1] as float32."""
-        low, high = self.window if self.kind == "hu_window" else (0.0, 255.0)  # type: ignore[misc]
-        volume = volume.astype(np.float32, copy=False)
-        return (np.clip(volume, low, high) - np.float32(low)) / np.float32(high - low)
-
-
-@dataclass
-class Detection:
-    """One detected object, in the image's own array index order (k, j, i) = (z, y, x).
-
-    `box` is the region stage 2 refined (the stage-1 component's box grown by the margin and
-    clipped to the image, in full-resolution voxels), `mask` the object's voxels inside it (the
-    final map's components in the box that touch the component's own stage-1 cells), `size_mm`
-    the box's extent along the array axes (k, j, i), `centre` the centroid of the object's
-    voxels in physical LPS mm, `max_probability` the final map's highest probability over them.
-    """
-
-    index: int
-    box: Box
-    centre: tuple[float, float, float]
-    size_mm: tuple[float, float, float]
-    volume_ml: float
-    max_probability: float
-    mask: np.ndarray = field(repr=False, compare=False)
-
-    @property
-    def centre_ras(self) -> tuple[float, float, float]:
-        """The centre in RAS mm (Slicer's coordinates)."""
-        x, y, z = self.centre
-        return (-x, -y, z)
-
-
-@dataclass
-class DetectionResult:
-    """A uint8 0/1 labelmap on exactly the input grid, the detections and seconds per stage."""
-
-    labelmap: sitk.Image
-    detections: list[Detection]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _axis_tiles(n: int, core: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """(core start, core stop, tile start, tile stop) along one axis of `n` cells."""
-    return [(a, min(a + core, n), max(a - halo, 0), min(a + core + halo, n)) for a in range(0, n, core)]
-
-
-def plan_tiles(grid: Sequence[int], max_voxels: int, halo: int = STAGE1_HALO,
-               option: str = "max_voxels_stage1") -> list[tuple[Box, Box]]:
-    """(core, tile) boxes in x8 voxels covering `grid`: the cores partition it and each tile is
-    its core grown by `halo`, clipped to the grid.
-
-    Among the per-axis core sizes, the plan computes the fewest cells in all whose largest tile
-    holds at most `max_voxels` input voxels (512 per cell), then has the fewest tiles. Raises
-    LiteSegError, naming the parameter `option`, when even one-cell cores (tiles of 2 * halo + 1
-    cells) do not fit.
-    """
-    if max_voxels < 1:
-        raise LiteSegError(f"{option} must be positive, got {max_voxels}")
-    options = []
-    for n in (int(n) for n in grid):
-        layouts = [_axis_tiles(n, core, halo) for core in sorted({-(-n // k) for k in range(1, n + 1)})]
-        options.append([(max(t[3] - t[2] for t in lay), sum(t[3] - t[2] for t in lay), lay) for lay in layouts])
-    best_key, best = None, None
-    for choice in itertools.product(*options):
-        if math.prod(option[0] for option in choice) * 512 > max_voxels:
-            continue
-        key = (math.prod(option[1] for option in choice), math.prod(len(option[2]) for option in choice))
-        if best_key is None or key < best_key:
-            best_key, best = key, [option[2] for option in choice]
-    if best is None:
-        smallest = math.prod(min(option[0] for option in axis) for axis in options) * 512
-        raise LiteSegError(f"{option} {max_voxels} is below the smallest tile of this volume ({smallest} voxels)")
-    return [
-        (Box(tuple(t[0] for t in axes), tuple(t[1] for t in axes)), Box(tuple(t[2] for t in axes), tuple(t[3] for t in axes)))
-        for axes in itertools.product(*best)  # type: ignore[arg-type]
-    ]
 
 
 def stage1_features(
@@ -269,55 +118,6 @@ def upsampled_logits(logits8: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
         rows_up = up[0, 0, (a - lo) * 8 : (a - lo) * 8 + stop - a * 8, : shape[1], : shape[2]]
         out[a * 8 : stop] = rows_up.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT).numpy()
     return out
-
-
-def _to_image_box(box: Box, orientation: SliceOrientation, canonical_shape: Sequence[int]) -> Box:
-    """A canonical-order box in the image's array order (axes permuted, flipped ones mirrored)."""
-    start, stop = [0, 0, 0], [0, 0, 0]
-    for c, axis in enumerate(orientation.permutation):
-        a, b, n = box.start[c], box.stop[c], canonical_shape[c]
-        start[axis], stop[axis] = (n - b, n - a) if orientation.flip[c] else (a, b)
-    return Box(tuple(start), tuple(stop))
-
-
-def make_detection(index: int, image: sitk.Image, orientation: SliceOrientation, canonical_shape: Sequence[int],
-                   box: Box, mask: np.ndarray, peak_logit: float) -> Detection:
-    """A `Detection` of `image` from a canonical-order box, the object's voxels in it and its
-    highest logit."""
-    array_spacing = np.array(image.GetSpacing()[::-1])
-    image_box = _to_image_box(box, orientation, canonical_shape)
-    image_mask = np.ascontiguousarray(orientation.from_canonical(mask))
-    centroid = np.asarray(image_box.start) + np.argwhere(image_mask).mean(axis=0)
-    centre = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid[::-1]])
-    return Detection(
-        index=index,
-        box=image_box,
-        centre=tuple(float(v) for v in centre),  # type: ignore[arg-type]
-        size_mm=tuple(float(v) for v in np.asarray(image_box.shape) * array_spacing),  # type: ignore[arg-type]
-        volume_ml=int(np.count_nonzero(mask)) * float(np.prod(array_spacing)) / 1000.0,
-        max_probability=0.5 * (1.0 + math.tanh(peak_logit / 2.0)),
-        mask=image_mask,
-    )
-
-
-def labelmap_image(foreground: np.ndarray, orientation: SliceOrientation, like: sitk.Image) -> sitk.Image:
-    """A uint8 0/1 image of a canonical-order mask on the grid of `like`."""
-    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(foreground), dtype=np.uint8))
-    labelmap.CopyInformation(like)
-    return labelmap
-
-
-def canonical_input(image: sitk.Image, preprocessing: DetectionPreprocessing, allow_non_ct: bool,
-                    multiple: int = 8) -> tuple[SliceOrientation, tuple[int, int, int], np.ndarray]:
-    """Check `image` (3D: `imageio.as_3d`) and return its orientation, its canonical shape and the
-    normalised canonical volume zero-padded at the far ends to a multiple of `multiple` (float32)."""
-    check_volume(image)
-    preprocessing.check(image, allow_non_ct)
-    orientation = slice_orientation(image)
-    volume = orientation.to_canonical(sitk.GetArrayViewFromImage(image))
-    padded = np.zeros(tuple(-(-n // multiple) * multiple for n in volume.shape), dtype=np.float32)
-    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = preprocessing.normalize(volume)
-    return orientation, volume.shape, padded
 
 
 def _object_mask(labels: np.ndarray, core: np.ndarray) -> np.ndarray:
@@ -473,34 +273,6 @@ def _refine_components(stage2: torch.nn.Module, features: LowResFeatures, labels
 
             wanted = grown_cells(labels8[component.box.slices()] == component.label, margin)
             refine_box(stage2, features, component.box, wanted, logit_map, max_voxels, on_tile)
-
-
-def write_detections_csv(detections: Sequence[Detection], path: str | Path) -> Path:
-    """One row per detection (columns `DETECTION_CSV_COLUMNS`; an empty list writes the header)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(DETECTION_CSV_COLUMNS)
-        for d in detections:
-            box = [v for pair in zip(d.box.start, d.box.stop) for v in pair]
-            writer.writerow(
-                [
-                    d.index,
-                    f"{d.max_probability:.6f}",
-                    f"{d.volume_ml:.6f}",
-                    *(f"{v:.3f}" for v in d.centre),
-                    *(f"{v:.3f}" for v in d.centre_ras[:2]),
-                    *box,
-                    *(f"{v:.3f}" for v in d.size_mm),
-                ]
-            )
-    return path
-
-
-def default_csv_path(output: Path) -> Path:
-    """`OUTPUT` without its image extension, plus `_detections.csv`, in the same folder."""
-    return output.with_name(f"{case_name(output)}_detections.csv")
 
 
 def find_lowres_card(model: str | Path | None) -> ModelCard:

@@ -12,8 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LiteSegError
-from .modelcard import sha256_file
+from liteseg.errors import LiteSegError
+from liteseg.io.modelcard import sha256_file
 
 DATA_ENV = "LITESEG_DATA"
 CACHE_ENV = "LITESEG_CACHE"
@@ -25,7 +25,7 @@ def data_root() -> Path:
     override = os.environ.get(DATA_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def require_data(relative: str) -> Path:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import LiteSegError
+from liteseg.errors import LiteSegError
 
 BACKENDS = ("fast", "eager")
 BATCH_PIXELS = 2 * 256 * 256  # pixels per "fast" batch: two 256x256 slices

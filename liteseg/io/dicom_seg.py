@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import LiteSegError
-from .imageio import check_output_path
-from .modelcard import ModelCard
+from liteseg import __version__
+from liteseg.errors import LiteSegError
+from liteseg.io.images import check_output_path
+from liteseg.io.modelcard import ModelCard
 
 MANUFACTURER = "LiteSeg"
 

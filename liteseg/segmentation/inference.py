@@ -16,17 +16,26 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .components import largest_component
-from .console import iterate
-from .errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
-from .geometry import slice_orientation
-from .imageio import (as_3d, case_name, check_ct_intensities, check_output_path, check_volume, image_suffix,
-                      read_image, write_image)
-from .modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
-from .localisation import Localisation, Region, coarse_indices, find_region
-from .preprocessing import Normaliser, Preprocessing, resize_slices
-from .progress import CancelFlag, ProgressCallback, is_cancelled
-from .runtime import Runner, batch_for, make_runner
+from liteseg.cli.console import iterate
+from liteseg.components import largest_component
+from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
+from liteseg.io.geometry import slice_orientation
+from liteseg.io.images import (
+    as_3d,
+    case_name,
+    check_ct_intensities,
+    check_output_path,
+    check_volume,
+    image_suffix,
+    read_image,
+    write_image,
+)
+from liteseg.io.modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
+from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled
+from liteseg.segmentation.localisation import Localisation, Region, coarse_indices, find_region
+from liteseg.segmentation.preprocessing import Normaliser, Preprocessing, resize_slices
+from liteseg.segmentation.runtime import Runner, batch_for, make_runner
+
 
 @dataclass
 class SegmentationResult:
@@ -165,7 +174,7 @@ def segment_image(
     pass runs inside that region only; when it finds nothing, a second look halfway between its
     slices, and when that finds nothing either, an empty labelmap with `message` saying so (no
     slow whole-volume pass: `localisation=None` segments every slice).
-    `backend` is how the network is executed (see `liteseg.runtime`; results equal up to float
+    `backend` is how the network is executed (see `liteseg.segmentation.runtime`; results equal up to float
     rounding); `batch_size` (slices per batch) defaults to the backend's best.
     """
     check_threshold(threshold)
@@ -266,7 +275,7 @@ def segment_file(
     if dicom_seg is not None:
         check_output_path(Path(dicom_seg), input_path, overwrite, suffixes=("",))
     if dicom_seg is not None:
-        from .dicom_seg import require_highdicom
+        from liteseg.io.dicom_seg import require_highdicom
 
         if not input_path.is_dir():
             raise LiteSegError(f"a DICOM SEG references a DICOM series: {input_path} is not a DICOM folder")
@@ -280,8 +289,8 @@ def segment_file(
     write_image(result.labelmap, output_path, overwrite=overwrite)
     result.seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
     if dicom_seg is not None:
-        from .dicom_seg import write_dicom_seg
-        from .dicom_series import series_files
+        from liteseg.io.dicom_seg import write_dicom_seg
+        from liteseg.io.dicom_series import series_files
 
         started = time.perf_counter()
         write_dicom_seg(result.labelmap, series_files(input_path, series), card, dicom_seg, overwrite)

@@ -1,0 +1,1 @@
+"""The `liteseg` command: all argument parsing, progress bars and printing for users."""
