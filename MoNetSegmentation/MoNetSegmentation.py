@@ -1,46 +1,31 @@
 """MoNetSegmentation: pancreas segmentation of abdominal CT on the CPU with a very small network.
 
-A thin Slicer adapter over the LiteSeg engine (`liteseg`): the work is done by the Qt-free
-`MoNetSegmentationLib` (volume <-> image bridge, segmentation writer, logic, self-test body),
-which is tested on Slicer's non-Qt core; this file holds the Slicer module, its widget (GUI
-wiring only), the logic with Slicer's parameter node, and the self-test entry points.
+A thin Slicer adapter over the LiteSeg engine (`liteseg`): the work is done by the extension's
+shared Qt-free library `LiteSegSlicerLib` (volume bridge, segmentation writer, logic, self-test
+body), tested on Slicer's non-Qt core; this file holds the Slicer module, its parameter node, its
+widget (over the shared `LiteSegModuleWidget`), the logic with Slicer's parameter node, and the
+self-test entry points.
 """
 
 import logging
-import threading
-from typing import Annotated, Optional
-
-import qt
-import vtk
-
-import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.parameterNodeWrapper import Choice, Decimals, SingleStep, WithinRange, parameterNodeWrapper
-from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-
-from MoNetSegmentationLib.engine import DEFAULT_MODEL, availableModels, bundledModelNames
-from MoNetSegmentationLib.parameter_gui import parameterWidgets
+from pathlib import Path
+from typing import Annotated
 
 try:
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-except ImportError:  # Slicer before 5.4
-    def _(text):
-        return text
+    import LiteSegSlicerLib  # noqa: F401  (installed extension and build tree: beside this file)
+except ImportError:  # a checkout: LiteSegSlicer/ beside this module's folder puts itself on sys.path
+    import runpy
 
-    def translate(context, text):
-        return text
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "LiteSegSlicer" / "LiteSegSlicerLib" / "paths.py"))["addCheckoutPaths"]()
 
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
+from slicer.parameterNodeWrapper import Choice, Decimals, SingleStep, WithinRange, parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-#
-# MoNetSegmentation
-#
+from LiteSegSlicerLib.models import DEFAULT_MODEL, availableModels, bundledModelNames
+from LiteSegSlicerLib.segmentation_logic import SegmentationLogic
+from LiteSegSlicerLib.widget import LiteSegModuleWidget, _, translate  # _: slicer.i18n.tr (or a stand-in before 5.4)
 
 
 class MoNetSegmentation(ScriptedLoadableModule):
@@ -65,11 +50,6 @@ class MoNetSegmentation(ScriptedLoadableModule):
             "MoNet: Knolle M, Kaissis G, Jungmann F, et al. Efficient, high-performance semantic segmentation "
             "using multi-scale feature extraction. PLoS ONE 16(8): e0255397 (2021). Engine and module: LiteSeg."
         )
-
-
-#
-# MoNetSegmentationParameterNode
-#
 
 
 @parameterNodeWrapper
@@ -97,154 +77,34 @@ class MoNetSegmentationParameterNode:
     allowNonCT: bool = False
 
 
-#
-# MoNetSegmentationWidget
-#
+class MoNetSegmentationWidget(LiteSegModuleWidget):
+    """The shared panel (run / Cancel, parameter node, progress) with the segmentation's texts."""
 
+    runText = _("Segment pancreas")
+    runToolTip = _("Segment the pancreas in the input volume")
+    cancelToolTip = _("Stop the segmentation (nothing is written)")
+    failureMessage = _("Pancreas segmentation failed.")
+    modelChoices = staticmethod(bundledModelNames)
 
-class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI wiring only: parameter node <-> widgets, Apply / Cancel, progress and status."""
+    def createLogic(self):
+        return MoNetSegmentationLogic()
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._cancel = threading.Event()
-        self._running = False
+    def setupPanel(self) -> None:
+        self.runButton = self.ui.applyButton
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MoNetSegmentation.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+    def setParameterNode(self, inputParameterNode) -> None:
+        super().setParameterNode(inputParameterNode)
+        if inputParameterNode:
+            self.labelModels(self.ui.modelSelector, availableModels())
 
-        self.logic = MoNetSegmentationLogic()
+    def processArguments(self, parameters) -> dict:
+        return dict(inputVolume=parameters.inputVolume, outputSegmentation=parameters.outputSegmentation,
+                    model=parameters.model, threshold=parameters.threshold,
+                    keepLargestComponent=parameters.keepLargestComponent, localizeFirst=parameters.localizeFirst,
+                    allowNonCT=parameters.allowNonCT, show3D=parameters.show3D)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.progressBar.setVisible(False)
-
-        self.initializeParameterNode()
-
-    def onReload(self) -> None:
-        """Reload the module's libraries too, then the module (Slicer reloads only this file)."""
-        from MoNetSegmentationLib.reloading import reloadLibraries
-
-        reloadLibraries("MoNetSegmentationLib")
-        ScriptedLoadableModuleWidget.onReload(self)
-
-    def cleanup(self) -> None:
-        self._cancel.set()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._cancel.set()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
-    def setParameterNode(self, inputParameterNode: Optional[MoNetSegmentationParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            if self._parameterNode.model not in bundledModelNames():  # a scene saved with another model
-                self._parameterNode.model = DEFAULT_MODEL  # (the combo box's connector refuses unknown values)
-            # Widgets are found by their "SlicerParameterName" property (see the .ui file); the
-            # tag of connectParametersToGui (unlike connectGui's on Slicer 5.8) lets exit() disconnect.
-            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
-            self._labelModels()
-            self._updateApplyButton()
-
-    def _labelModels(self) -> None:
-        """Show each model with its version (the parameter node keeps the plain name)."""
-        infos = {m.name: m for m in availableModels()}
-        for index in range(self.ui.modelSelector.count):
-            info = infos.get(self.ui.modelSelector.itemText(index))
-            if info is not None:
-                self.ui.modelSelector.setItemText(index, info.label)
-                self.ui.modelSelector.setItemData(index, str(info.card), qt.Qt.ToolTipRole)
-
-    def _updateApplyButton(self, caller=None, event=None) -> None:
-        if self._running:
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the segmentation (nothing is written)")
-            self.ui.applyButton.enabled = True
-        elif self._parameterNode and self._parameterNode.inputVolume:
-            self.ui.applyButton.text = _("Segment pancreas")
-            self.ui.applyButton.toolTip = _("Segment the pancreas in the input volume")
-            self.ui.applyButton.enabled = True
-        else:
-            self.ui.applyButton.text = _("Segment pancreas")
-            self.ui.applyButton.toolTip = _("Select an input volume")
-            self.ui.applyButton.enabled = False
-
-    def onApplyButton(self) -> None:
-        if self._running:  # the button reads "Cancel" while running
-            self._cancel.set()
-            self.ui.statusLabel.text = _("Cancelling...")
-            return
-        with slicer.util.tryWithErrorDisplay(_("Pancreas segmentation failed."), waitCursor=True):
-            if not self._torchReady():
-                return
-            self._run()
-
-    def _torchReady(self) -> bool:
-        """PyTorch importable, installed first if the user agrees (see `torchReadyForPanel`)."""
-        from MoNetSegmentationLib.dependencies import torchReadyForPanel
-
-        return torchReadyForPanel(self.ui.applyButton, self.ui.statusLabel, self._updateApplyButton, _)
-
-    def _run(self) -> None:
-        from MoNetSegmentationLib.logic import Cancelled
-
-        parameters = self._parameterNode
-        self._cancel.clear()
-        self._setRunning(True)
-        try:
-            output = self.logic.process(
-                parameters.inputVolume,
-                parameters.outputSegmentation,
-                model=parameters.model,
-                threshold=parameters.threshold,
-                keepLargestComponent=parameters.keepLargestComponent,
-                localizeFirst=parameters.localizeFirst,
-                allowNonCT=parameters.allowNonCT,
-                show3D=parameters.show3D,
-                progress=self._onProgress,
-                cancel=self._cancel,
-            )
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was written")
-            return
-        finally:
-            self._setRunning(False)
-        parameters.outputSegmentation = output
+    def showResult(self, output) -> None:
+        self._parameterNode.outputSegmentation = output
         seconds = self.logic.lastTimings
         self.ui.statusLabel.text = _("Completed in {total:.1f} s (inference {inference:.1f} s), pancreas {ml:.1f} mL").format(
             total=seconds.get("total", 0.0), inference=seconds.get("inference", 0.0), ml=self.logic.lastVolumeMl
@@ -252,25 +112,6 @@ class MoNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self.logic.lastMessage:  # e.g. nothing found by the localisation pass
             self.ui.statusLabel.text += ": " + self.logic.lastMessage
         logging.info(f"MoNetSegmentation: {output.GetName()} in {seconds}")
-
-    def _setRunning(self, running: bool) -> None:
-        self._running = running
-        self.ui.parametersCollapsibleButton.enabled = not running
-        self.ui.progressBar.setVisible(running)
-        self.ui.progressBar.value = 0
-        self._updateApplyButton()
-
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = message
-        slicer.app.processEvents()  # keeps the GUI (and the Cancel button) responsive
-
-
-#
-# MoNetSegmentationLogic
-#
-
-from MoNetSegmentationLib.logic import SegmentationLogic  # noqa: E402
 
 
 class MoNetSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
@@ -289,57 +130,39 @@ class MoNetSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
         return MoNetSegmentationParameterNode(super().getParameterNode())
 
 
-#
-# MoNetSegmentationTest
-#
-
-
 class MoNetSegmentationTest(ScriptedLoadableModuleTest):
     """Self-test: synthetic volumes built offline (and the sample CT when the data folder is
-    there). The test bodies are in MoNetSegmentationLib.selftest, which pytest also runs."""
+    there). The test bodies are in LiteSegSlicerLib.segmentation_selftest, which pytest also runs."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        from LiteSegSlicerLib import segmentation_selftest  # SimpleITK: imported when testing only
+
+        self.selftest = segmentation_selftest
 
     def runTest(self):
-        from MoNetSegmentationLib.dependencies import ensureTorch
+        from LiteSegSlicerLib.dependencies import requireTorchForSelfTests
 
-        if not ensureTorch():  # "Reload and Test" without PyTorch: offer the installation first
-            raise RuntimeError("the self-tests need PyTorch, which is not installed")
-        self.setUp()
-        self.test_GeometryIsExact()
-        self.setUp()
-        self.test_BundledModel()
-        self.setUp()
-        self.test_RealCT()
+        requireTorchForSelfTests()  # "Reload and Test" without PyTorch: offers the installation first
+        for test in (self.test_GeometryIsExact, self.test_BundledModel, self.test_RealCT):
+            self.setUp()
+            test()
 
     def test_GeometryIsExact(self):
-        from MoNetSegmentationLib import selftest
-
         self.delayDisplay("Synthetic CTs in four geometries, threshold network")
-        counts = selftest.runGeometrySelfTest(slicer.mrmlScene, log=logging.info)
-        self.assertEqual(len(counts), len(selftest.GEOMETRIES))
+        counts = self.selftest.runGeometrySelfTest(slicer.mrmlScene, log=logging.info)
+        self.assertEqual(len(counts), len(self.selftest.GEOMETRIES))
         self.delayDisplay("Test passed")
 
     def test_BundledModel(self):
-        from MoNetSegmentationLib import selftest
-
         self.delayDisplay(f"Bundled model {DEFAULT_MODEL} on a synthetic CT")
-        selftest.runBundledModelSelfTest(slicer.mrmlScene, log=logging.info)
+        self.selftest.runBundledModelSelfTest(slicer.mrmlScene, log=logging.info)
         self.delayDisplay("Test passed")
 
     def test_RealCT(self):
-        from MoNetSegmentationLib import selftest
-        from MoNetSegmentationLib.engine import importEngine
-
-        importEngine()
-        from liteseg.io.data import data_root
-
-        if not (data_root() / selftest.REAL_CT).is_file():
-            logging.warning(f"MoNetSegmentation self-test: no sample CT in {data_root()} (set LITESEG_DATA); skipped")
-            return
-        self.delayDisplay("Sample abdominal CT, bundled model")
-        volumesLogic = slicer.modules.volumes.logic()
-        dice = selftest.runRealCTSelfTest(slicer.mrmlScene, volumesLogic, data_root(), log=logging.info)
-        self.assertGreater(dice, 0.5)
-        self.delayDisplay("Test passed")
+        dataRoot = self.selftest.dataRootWith(self.selftest.REAL_CT, "MoNetSegmentation self-test: no sample CT")
+        if dataRoot is not None:
+            self.delayDisplay("Sample abdominal CT, bundled model")
+            dice = self.selftest.runRealCTSelfTest(slicer.mrmlScene, slicer.modules.volumes.logic(), dataRoot, log=logging.info)
+            self.assertGreater(dice, 0.5)
+            self.delayDisplay("Test passed")

@@ -90,3 +90,49 @@ def test_train_reports_bad_data_as_a_one_line_error(tmp_path, capsys):
     code = main(["train", "--method", "lowres", "--image", str(tmp_path / "no.nii.gz"), "--label", str(tmp_path / "x.nii.gz"), "--output", str(tmp_path / "o")])
     assert code == 2
     assert "training file not found" in capsys.readouterr().err
+
+
+def engine_remedies() -> set[str]:
+    """The parameters named by every `Remedy(...)` the engine raises (and `ALLOW_NON_CT`'s)."""
+    import ast
+    from pathlib import Path
+
+    import liteseg
+
+    found = set()
+    for path in Path(liteseg.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Remedy" and node.args:
+                found.add(node.args[0].value)
+    return found
+
+
+def test_every_remedy_the_engine_names_is_a_flag_of_the_command_line():
+    from liteseg.cli.main import build_parser, train_parser
+
+    parsers = [train_parser("monet"), train_parser("lowres")]
+    for action in build_parser()._actions:
+        if isinstance(action.choices, dict):  # the subcommands
+            parsers.extend(action.choices.values())
+    flags = {flag for parser in parsers for action in parser._actions for flag in action.option_strings}
+    remedies = engine_remedies()
+    assert {"allow_non_ct", "overwrite", "series", "resume", "model"} <= remedies
+    missing = {r for r in remedies if "--" + r.replace("_", "-") not in flags}
+    assert not missing, f"remedies without a command-line flag: {missing}"
+
+
+def test_errors_name_the_python_parameter_and_the_command_line_its_flag(tmp_path, capsys):
+    from liteseg.errors import LiteSegError
+    from liteseg.io.images import check_output_path
+
+    existing = tmp_path / "seg.nii.gz"
+    existing.write_bytes(b"x")
+    with pytest.raises(LiteSegError) as raised:
+        check_output_path(existing)
+    assert str(raised.value) == f"output exists, not overwritten: {existing} (overwrite=True to replace it)"
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(phantom_image(GEOMETRIES["axial_identity"]), str(ct))
+    assert main(["segment", str(ct), str(existing)]) == 2
+    error = capsys.readouterr().err
+    assert f"output exists, not overwritten: {existing} (use --overwrite to replace it)" in error
+    assert "overwrite=True" not in error and existing.read_bytes() == b"x"

@@ -485,7 +485,7 @@ def test_detect_command_refuses_a_non_lowres_card(tmp_path):
 
 def test_without_a_bundled_lowres_model_the_card_must_be_given(tmp_path, monkeypatch):
     monkeypatch.setenv("LITESEG_MODELS", str(tmp_path))
-    with pytest.raises(WeightsError, match="--model"):
+    with pytest.raises(WeightsError, match=r"no LowRes model is bundled: give a model card \(model=CARD.json\)$"):
         find_lowres_card(None)
     card = write_lowres_card(tmp_path, GREY.to_dict())
     assert find_lowres_card(None).path == find_lowres_card(card).path

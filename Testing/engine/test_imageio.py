@@ -48,7 +48,7 @@ def test_several_dicom_series_need_a_choice_that_the_error_lists(tmp_path):
     second = phantom_image(GEOMETRIES["left_handed"], size=(8, 9, 5))
     write_dicom_series(first, tmp_path / "study", description="arterial")
     write_dicom_series(second, tmp_path / "study", series_uid="1.2.826.0.1.3680043.2.1125.1.3")
-    with pytest.raises(InvalidImageError, match=r"2 DICOM series.*1\.2\.826\.0\.1\.3680043\.2\.1125\.1\.2 \(6 files, 'arterial'\).*--series UID"):
+    with pytest.raises(InvalidImageError, match=r"2 DICOM series.*1\.2\.826\.0\.1\.3680043\.2\.1125\.1\.2 \(6 files, 'arterial'\).*series=UID to choose one"):
         read_image(tmp_path / "study")
     chosen = read_image(tmp_path / "study", series="1.2.826.0.1.3680043.2.1125.1.3")
     assert chosen.GetSize() == second.GetSize()

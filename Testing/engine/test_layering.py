@@ -1,5 +1,6 @@
 """The engine's layering: no import cycle between its modules (imports anywhere in a file, those
-inside functions included), and argparse only in the command-line modules."""
+inside functions included); argparse, tqdm and printing for users only in the command-line layer
+(`liteseg.cli`), which no other layer imports."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "liteseg"
-CLI_MODULES = {"liteseg.cli.main", "liteseg.cli.detect", "liteseg.cli.train", "liteseg.cli.train_lowres"}
+CLI_PACKAGE = "liteseg.cli"
+CLI_ONLY_IMPORTS = {"argparse", "tqdm"}
 
 
 def module_name(path: Path) -> str:
@@ -61,8 +63,42 @@ def test_no_import_cycle_between_engine_modules():
             visit(module)
 
 
-def test_argparse_only_in_the_command_line_modules():
+def in_cli_layer(module: str) -> bool:
+    return module == CLI_PACKAGE or module.startswith(CLI_PACKAGE + ".")
+
+
+def external_imports(tree: ast.AST) -> set[str]:
+    """Top-level names of the non-liteseg modules a file imports (inside functions too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def calls_print(tree: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print" for n in ast.walk(tree))
+
+
+def test_argparse_tqdm_and_print_only_in_the_command_line_layer():
     for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if in_cli_layer(name) or name == "liteseg.__main__":
+            continue
         tree = ast.parse(path.read_text())
-        uses = any(isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names) for n in ast.walk(tree))
-        assert not uses or module_name(path) in CLI_MODULES, f"{module_name(path)} imports argparse"
+        assert not external_imports(tree) & CLI_ONLY_IMPORTS, f"{name} imports {external_imports(tree) & CLI_ONLY_IMPORTS}"
+        assert not calls_print(tree), f"{name} prints: return text or take a callback, the command line prints"
+
+
+def test_no_library_module_imports_the_command_line_layer():
+    for name, targets in graph().items():
+        if not in_cli_layer(name) and name != "liteseg.__main__":
+            assert not {t for t in targets if in_cli_layer(t)}, f"{name} imports the command line layer"
+
+
+def test_the_checks_see_what_they_forbid():
+    tree = ast.parse("def f():\n    import tqdm\n    from argparse import ArgumentParser\n    print('x')\n")
+    assert external_imports(tree) == {"tqdm", "argparse"} and calls_print(tree)
+    assert in_cli_layer("liteseg.cli.main") and not in_cli_layer("liteseg.client")

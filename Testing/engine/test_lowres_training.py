@@ -189,7 +189,7 @@ def tiny_config(output, **options) -> LowResTrainConfig:
 def test_tiny_training_writes_a_card_detection_loads_and_resume_continues(tmp_path):
     case = write_case(tmp_path / "data")
     output = tmp_path / "run"
-    card_path = train_lowres(tiny_config(output), [case], "test", progress_bar=False)
+    card_path = train_lowres(tiny_config(output), [case], "test")
     for name in ("lowres-tiny.pt", "lowres-tiny.json", "checkpoint.pt", "training_curve.png"):
         assert (output / name).is_file(), name
     data = json.loads(card_path.read_text())
@@ -209,15 +209,15 @@ def test_tiny_training_writes_a_card_detection_loads_and_resume_continues(tmp_pa
     assert result.labelmap.GetSize() == image.GetSize()
 
     # an existing run is not overwritten; resume with one more stage-2 epoch continues the history
-    with pytest.raises(LiteSegError, match="--resume"):
-        train_lowres(tiny_config(output), [case], "test", progress_bar=False)
+    with pytest.raises(LiteSegError, match=r"already holds .*\(resume=True to continue it\)"):
+        train_lowres(tiny_config(output), [case], "test")
     with pytest.raises(LiteSegError, match="options changed"):
-        train_lowres(tiny_config(output, lr=0.5), [case], "test", progress_bar=False, resume=True)
+        train_lowres(tiny_config(output, lr=0.5), [case], "test", resume=True)
     with pytest.raises(LiteSegError, match="stage 1 epochs cannot change"):
-        train_lowres(tiny_config(output, stage1_epochs=3), [case], "test", progress_bar=False, resume=True)
+        train_lowres(tiny_config(output, stage1_epochs=3), [case], "test", resume=True)
     checkpoint = torch.load(output / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3 and set(checkpoint) >= {"stage1", "stage2", "optimizer1", "optimizer2", "rng"}
-    card_path = train_lowres(tiny_config(output, stage2_epochs=2), [case], "resumed", progress_bar=False, resume=True)
+    card_path = train_lowres(tiny_config(output, stage2_epochs=2), [case], "resumed", resume=True)
     resumed = json.loads(card_path.read_text())
     assert [h["epoch"] for h in resumed["training"]["history"]] == [1, 2, 3, 4]
     assert resumed["training"]["history"][:3] == history
@@ -248,7 +248,7 @@ def test_leave_one_patient_out_trains_each_fold_and_pools_the_held_out_froc(tmp_
     folds = fold_configs(config, cases)
     assert [(p, c.val_patients, c.output) for p, c in folds] == [
         ("p1", ("p1",), output / "folds" / "p1"), ("p2", ("p2",), output / "folds" / "p2")]
-    card_path = train_lowres_lopo(config, cases, "lopo test", progress_bar=False)
+    card_path = train_lowres_lopo(config, cases, "lopo test")
     data = json.loads(card_path.read_text())
     assert card_path == output / "lowres-tiny.json" and data["validation"]["on_training_cases"]
     assert [c["patient"] for c in data["training"]["data"]] == ["p1", "p2"]
@@ -267,15 +267,15 @@ def test_leave_one_patient_out_trains_each_fold_and_pools_the_held_out_froc(tmp_
 
     # a finished run resumes without training again (same weights), an unfinished one is refused without --resume
     before = data["sha256"]
-    again = json.loads(train_lowres_lopo(config, cases, "lopo test", progress_bar=False, resume=True).read_text())
+    again = json.loads(train_lowres_lopo(config, cases, "lopo test", resume=True).read_text())
     assert again["sha256"] == before
 
     def timeless(folds):  # detection seconds vary between runs
         return [{**f, "cases": [{k: v for k, v in c.items() if k != "seconds"} for c in f["cases"]]} for f in folds]
 
     assert timeless(again["leave_one_patient_out"]["folds"]) == timeless(lopo["folds"])
-    with pytest.raises(LiteSegError, match="--resume"):
-        train_lowres_lopo(config, cases, "lopo test", progress_bar=False)
+    with pytest.raises(LiteSegError, match=r"already holds .*\(resume=True to continue it\)"):
+        train_lowres_lopo(config, cases, "lopo test")
     with pytest.raises(LiteSegError, match="at least 2 patients"):
         fold_configs(config, cases[:1])
 
@@ -293,5 +293,5 @@ def test_leave_one_patient_out_trains_each_fold_and_pools_the_held_out_froc(tmp_
     assert size == (64, 64, 48) and lowres_seconds > 0 and unet_seconds > 0
     table = format_comparison(rows, (size, lowres_seconds, unet_seconds), 1)
     assert "3D U-Net, sliding window" in table and "64x64x48" in table
-    with pytest.raises(LiteSegError, match="val-patients"):
+    with pytest.raises(LiteSegError, match="val_patients must be empty"):
         fold_configs(tiny_config(output, val_patients=("p1",)), cases)

@@ -219,7 +219,7 @@ def test_training_on_a_slice_dataset_and_evaluating_its_held_out_patients(tmp_pa
     description = write_dataset(tmp_path, synthetic_slices(4, 3, seed=0))
     config = TrainConfig(output=tmp_path / "run", name="slices", preprocessing=Preprocessing(window=(0.0, 200.0), slice_size=(64, 64)),
                          epochs=2, batch_size=4, num_threads=1, val_fraction=0.5, label_values=(1,), precision="bfloat16")
-    card_path = train(config, cases_from_slice_dataset(description), "liteseg train test", progress_bar=False)
+    card_path = train(config, cases_from_slice_dataset(description), "liteseg train test")
     card = ModelCard.read(card_path)
     held_out = held_out_patients(card)
     assert len(held_out) == 2 and {c["patient"] for c in card.data["training"]["data"]}.isdisjoint(held_out)

@@ -156,7 +156,7 @@ def test_dice_loss_perfect_and_opposite():
 def test_tiny_training_writes_weights_card_checkpoint_and_curve(tmp_path):
     cases = [synthetic_case(tmp_path / "data", "a", tumour=True), synthetic_case(tmp_path / "data", "b", shift=3)]
     output = tmp_path / "run"
-    card_path = train(tiny_config(output, epochs=2, val_fraction=0.5, notes="test run"), cases, "liteseg train test", progress_bar=False)
+    card_path = train(tiny_config(output, epochs=2, val_fraction=0.5, notes="test run"), cases, "liteseg train test")
     assert card_path == output / "monet-pancreas-ct.json"
     for name in ("monet-pancreas-ct.pt", "checkpoint.pt", "training_curve.png"):
         assert (output / name).is_file(), name
@@ -175,7 +175,7 @@ def test_tiny_training_writes_weights_card_checkpoint_and_curve(tmp_path):
     network = load_network(card)
     assert network(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     with pytest.raises(LiteSegError, match="already holds"):
-        train(tiny_config(output, epochs=2, val_fraction=0.5), cases, "again", progress_bar=False)
+        train(tiny_config(output, epochs=2, val_fraction=0.5), cases, "again")
 
 
 def test_a_two_channel_network_is_trained_with_one_output_and_learns(tmp_path):
@@ -183,7 +183,7 @@ def test_a_two_channel_network_is_trained_with_one_output_and_learns(tmp_path):
     With two, the sigmoid Dice broadcast over both and the loss stayed at 0.9996 for ten epochs."""
     solo = synthetic_case(tmp_path / "data", "solo")
     card_path = train(tiny_config(tmp_path / "run", network="pocket_unet2d", epochs=3, val_fraction=0.0,
-                                  passes_per_epoch=4), [case_from_pair(solo.image, solo.label)], "pocket", progress_bar=False)
+                                  passes_per_epoch=4), [case_from_pair(solo.image, solo.label)], "pocket")
     card = ModelCard.read(card_path)
     assert card.data["network_options"] == {"out_channels": 1}
     history = card.data["training"]["history"]
@@ -196,9 +196,9 @@ def test_a_two_channel_network_is_trained_with_one_output_and_learns(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     solo = synthetic_case(tmp_path / "data", "solo")
     cases = [case_from_pair(solo.image, solo.label)]
-    train(tiny_config(tmp_path / "resumed", epochs=1, val_fraction=0.0), cases, "first", progress_bar=False)
-    card_path = train(tiny_config(tmp_path / "resumed", epochs=2, val_fraction=0.0), cases, "second", progress_bar=False, resume=True)
-    train(tiny_config(tmp_path / "straight", epochs=2, val_fraction=0.0), cases, "straight", progress_bar=False)
+    train(tiny_config(tmp_path / "resumed", epochs=1, val_fraction=0.0), cases, "first")
+    card_path = train(tiny_config(tmp_path / "resumed", epochs=2, val_fraction=0.0), cases, "second", resume=True)
+    train(tiny_config(tmp_path / "straight", epochs=2, val_fraction=0.0), cases, "straight")
 
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
@@ -209,7 +209,7 @@ def test_resume_continues_exactly(tmp_path):
     assert card.data["validation"]["on_training_cases"] is True
     assert "validated on the training cases" in card.data["training"]["split"]
     with pytest.raises(LiteSegError, match="lr"):
-        train(tiny_config(tmp_path / "resumed", epochs=3, val_fraction=0.0, lr=1e-3), cases, "x", progress_bar=False, resume=True)
+        train(tiny_config(tmp_path / "resumed", epochs=3, val_fraction=0.0, lr=1e-3), cases, "x", resume=True)
 
 
 def test_output_prior_sets_the_first_predictions_to_the_prior():
@@ -229,7 +229,7 @@ def test_passes_per_epoch_multiplies_the_steps_and_is_recorded(tmp_path):
     cases = [case_from_pair(solo.image, solo.label)]
     card_path = train(
         tiny_config(tmp_path / "run", epochs=1, val_fraction=0.0, passes_per_epoch=3, foreground_prior=0.05),
-        cases, "passes", progress_bar=False,
+        cases, "passes",
     )
     recipe = ModelCard.read(card_path).data["training"]["recipe"]
     assert "3 time(s) per epoch" in recipe["slices"]

@@ -1,4 +1,5 @@
-"""Fixtures of the MoNetSegmentation module tests, run against Slicer's real non-Qt core.
+"""Fixtures of the LiteSeg Slicer tests (both modules and their shared library LiteSegSlicerLib),
+run against Slicer's real non-Qt core.
 
 `slicer` here is the `slicer-core` wheel (pip install slicer-core): Slicer's MRML scene, nodes,
 module logics, readers and writers, without Qt. Test modules that need it start with
@@ -14,19 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-MODULE_DIR = ROOT / "MoNetSegmentation"
+LIBRARY_DIR = ROOT / "LiteSegSlicer"  # holds LiteSegSlicerLib, the Slicer-side library
+PATHS_FILE = LIBRARY_DIR / "LiteSegSlicerLib" / "paths.py"
 
-# As in Slicer: the module's folder is on sys.path (MoNetSegmentationLib), and the harness beside.
-for path in (MODULE_DIR, HERE):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+# As a module file does in a checkout: the library's path module, run by its path, puts the
+# library (and the engine, when not installed) on sys.path.
+runpy.run_path(str(PATHS_FILE))["addCheckoutPaths"]()
+
 
 @pytest.fixture()
 def core():
@@ -46,7 +48,7 @@ def data_root() -> Path:
     """The shared real-data folder ($LITESEG_DATA); skipped when absent, except in CI."""
     from liteseg.io.data import data_root as root
 
-    from MoNetSegmentationLib.selftest import REAL_CT
+    from LiteSegSlicerLib.segmentation_selftest import REAL_CT
 
     folder = root()
     if not (folder / REAL_CT).is_file():
@@ -93,9 +95,7 @@ def deeplesion_root() -> Path:
     """The shared real-data folder holding the DeepLesion slab of LowResDetect's self-test."""
     from liteseg.io.data import data_root as root
 
-    if str(ROOT / "LowResDetect") not in sys.path:
-        sys.path.insert(0, str(ROOT / "LowResDetect"))
-    from LowResDetectLib.selftest import REAL_SLAB
+    from LiteSegSlicerLib.detection_selftest import REAL_SLAB
 
     _required((root() / REAL_SLAB).is_file(), f"real data {root() / REAL_SLAB} (set LITESEG_DATA)")
     return root()
@@ -106,7 +106,8 @@ def random_monet_card(tmp_path):
     """A model card with an untrained MoNet (real weights file, checksum), in tmp_path/models."""
     import torch
 
-    from liteseg.io.modelcard import PANCREAS_LABEL, ModelCard, sha256_file
+    from liteseg.io.labels import PANCREAS_LABEL
+    from liteseg.io.modelcard import ModelCard, sha256_file
     from liteseg.models import build_model
     from liteseg.segmentation.preprocessing import Preprocessing
 

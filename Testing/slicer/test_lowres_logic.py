@@ -3,11 +3,10 @@ engine's detections, in physical space, for oblique and left-handed volumes read
 reader; no detection gives empty outputs and a status; errors are clear ValueErrors.
 
 The model is a LowRes model card written to a temporary folder with hand-set weights whose
-output is known (LowResDetectLib.selftest.brightObjectNetwork), not the bundled demonstration
+output is known (LiteSegSlicerLib.detection_selftest.brightObjectNetwork), not the bundled demonstration
 weights (their output on synthetic volumes is not known exactly).
 """
 
-import sys
 import threading
 from pathlib import Path
 
@@ -19,17 +18,16 @@ from slicer_harness import SLICER_MISSING
 
 slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
-from slicer_fixtures import ROOT, core  # noqa: E402,F401  (pytest fixtures)
-
-if str(ROOT / "LowResDetect") not in sys.path:
-    sys.path.insert(0, str(ROOT / "LowResDetect"))
+from slicer_fixtures import core  # noqa: E402,F401  (pytest fixtures)
 
 from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
 
-from LowResDetectLib import outputs, selftest, shared  # noqa: E402
-from LowResDetectLib.logic import Cancelled, DetectionLogic  # noqa: E402
-from MoNetSegmentationLib import volume_bridge  # noqa: E402
-from MoNetSegmentationLib.selftest import GEOMETRIES, putInStudy  # noqa: E402
+from LiteSegSlicerLib import detection_outputs as outputs  # noqa: E402
+from LiteSegSlicerLib import detection_selftest as selftest  # noqa: E402
+from LiteSegSlicerLib import models  # noqa: E402
+from LiteSegSlicerLib import volume_bridge  # noqa: E402
+from LiteSegSlicerLib.detection_logic import Cancelled, DetectionLogic  # noqa: E402
+from LiteSegSlicerLib.selftest_common import GEOMETRIES, putInStudy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +179,7 @@ def test_parent_transform_is_refused_or_applied(core, card, detector):
 
 
 def selftest_rotation():
-    from MoNetSegmentationLib.selftest import rotation
+    from LiteSegSlicerLib.selftest_common import rotation
 
     return rotation("y", 25) @ rotation("z", -10)
 
@@ -243,12 +241,12 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
 
 
 def test_the_panel_offers_the_bundled_model_and_reads_a_card_file_only_when_chosen(core, card):
-    choices = shared.detectorChoices()
-    assert choices == ["lowres-lesion", shared.MODEL_CARD_FILE]  # the bundled model is the default
-    assert shared.detectorModel("lowres-lesion", "/ignored/card.json") == "lowres-lesion"
-    assert shared.detectorModel(shared.MODEL_CARD_FILE, f" {card} ") == str(card)
+    choices = models.detectorChoices()
+    assert choices == ["lowres-lesion", models.MODEL_CARD_FILE]  # the bundled model is the default
+    assert models.detectorModel("lowres-lesion", "/ignored/card.json") == "lowres-lesion"
+    assert models.detectorModel(models.MODEL_CARD_FILE, f" {card} ") == str(card)
     with pytest.raises(ValueError, match="choose a LowRes model card file"):
-        shared.detectorModel(shared.MODEL_CARD_FILE, "")  # an emptied field is not a model
+        models.detectorModel(models.MODEL_CARD_FILE, "")  # an emptied field is not a model
     volume = volume_bridge.addVolumeFromImage(core.scene, selftest.lesionImage(GEOMETRIES["axial"]), "ct")
-    _, table, _ = DetectionLogic().process(volume, model=shared.detectorModel(shared.MODEL_CARD_FILE, str(card)))
+    _, table, _ = DetectionLogic().process(volume, model=models.detectorModel(models.MODEL_CARD_FILE, str(card)))
     assert table.GetTable().GetNumberOfRows() >= 1

@@ -1,20 +1,15 @@
 """LowResDetect's self-test body (LowResDetectTest in Slicer) run through the same harness: a
 hand-set LowRes model card written on the fly, then the bundled model on a real DeepLesion slab."""
 
-import sys
-
 import pytest
 
 from slicer_harness import SLICER_MISSING
 
 slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
-from slicer_fixtures import ROOT, bundled_lowres_model, core, deeplesion_root  # noqa: E402,F401  (pytest fixtures)
+from slicer_fixtures import bundled_lowres_model, core, deeplesion_root  # noqa: E402,F401  (pytest fixtures)
 
-if str(ROOT / "LowResDetect") not in sys.path:
-    sys.path.insert(0, str(ROOT / "LowResDetect"))
-
-from LowResDetectLib import selftest  # noqa: E402
+from LiteSegSlicerLib import detection_selftest as selftest  # noqa: E402
 
 
 def test_self_test_on_synthetic_lesions(core, tmp_path):

@@ -16,9 +16,11 @@ from slicer_fixtures import bundled_model, core, data_root, random_monet_card  #
 
 from liteseg.segmentation.inference import segment_image, with_card_defaults  # noqa: E402
 
-from MoNetSegmentationLib import engine, segmentation_writer, selftest, volume_bridge  # noqa: E402
-from MoNetSegmentationLib.logic import Cancelled, SegmentationLogic  # noqa: E402
-from MoNetSegmentationLib.selftest import GEOMETRIES, phantomImage, thresholdModel  # noqa: E402
+from LiteSegSlicerLib import segmentation_writer, volume_bridge  # noqa: E402
+from LiteSegSlicerLib.models import DEFAULT_MODEL, bundledModelNames  # noqa: E402
+from LiteSegSlicerLib import segmentation_selftest as selftest  # noqa: E402
+from LiteSegSlicerLib.segmentation_logic import Cancelled, SegmentationLogic  # noqa: E402
+from LiteSegSlicerLib.segmentation_selftest import GEOMETRIES, phantomImage, thresholdModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +217,7 @@ def test_model_listing_without_torch_matches_the_engine(monkeypatch, random_mone
         models = SegmentationLogic().availableModels()
     assert [(m.name, m.version, m.label) for m in models] == [("random-monet", "0.0.1", "random-monet (v0.0.1)")]
     with pytest.warns(UserWarning, match="broken.json"):
-        assert engine.bundledModelNames() == [engine.DEFAULT_MODEL, "random-monet"]
+        assert bundledModelNames() == [DEFAULT_MODEL, "random-monet"]
 
 
 def test_a_detection_card_is_a_clear_error_not_a_missing_key(core):

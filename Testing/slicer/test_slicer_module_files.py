@@ -1,5 +1,7 @@
-"""Static checks of the module's files (no Slicer, no Qt needed): the .ui file against the Python
-code that uses it, the parameter node bindings, CMake lists and the icon.
+"""Static checks of MoNetSegmentation's files (no Slicer, no Qt needed): the .ui file against the
+Python code that uses it (the module file and the shared widget base it subclasses), the parameter
+node bindings, CMake lists and the icon. The shared library's own files are checked in
+test_liteseg_slicer_library.py, the layering in test_architecture.py.
 
 These read the files; they do not run Qt or the parameter node wrapper (not available outside the
 Slicer application). The widget classes each parameter type may bind to are those of Slicer's
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[2] / "MoNetSegmentation"
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "MoNetSegmentation"
 MODULE_FILE = MODULE_DIR / "MoNetSegmentation.py"
+WIDGET_BASE_FILE = ROOT / "LiteSegSlicer" / "LiteSegSlicerLib" / "widget.py"  # LiteSegModuleWidget
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MoNetSegmentation.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "MoNetSegmentation.png"
 
@@ -74,10 +78,15 @@ def test_module_file_compiles():
     py_compile.compile(str(MODULE_FILE), doraise=True)
 
 
-def test_every_ui_widget_the_code_uses_exists():
-    used = {node.attr for node in ast.walk(module_tree())
+def ui_names_used(path: Path) -> set:
+    """The <name> of every self.ui.<name> in a file."""
+    return {node.attr for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+
+
+def test_every_ui_widget_the_code_uses_exists():
+    used = ui_names_used(MODULE_FILE) | ui_names_used(WIDGET_BASE_FILE)  # the module's widget and its base
     used.discard("__dict__")
     widgets = ui_widgets()
     assert used, "the widget uses no self.ui.<name>?"
@@ -129,10 +138,12 @@ def test_ui_content_of_the_issue():
 def test_module_classes_follow_the_template():
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in module_tree().body if isinstance(node, ast.ClassDef)}
     assert classes["MoNetSegmentation"] == ["ScriptedLoadableModule"]
-    assert classes["MoNetSegmentationWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["MoNetSegmentationWidget"] == ["LiteSegModuleWidget"]  # (ScriptedLoadableModuleWidget, VTKObservationMixin)
     assert classes["MoNetSegmentationLogic"] == ["ScriptedLoadableModuleLogic", "SegmentationLogic"]
     assert classes["MoNetSegmentationTest"] == ["ScriptedLoadableModuleTest"]
-    assert 'self.resourcePath("UI/MoNetSegmentation.ui")' in MODULE_FILE.read_text()
+    # the base loads "UI/<moduleName>.ui", moduleName being the widget class's name less "Widget"
+    assert 'self.resourcePath(f"UI/{self.moduleName}.ui")' in WIDGET_BASE_FILE.read_text()
+    assert UI_FILE.is_file()  # Resources/UI/MoNetSegmentation.ui: MoNetSegmentationWidget's moduleName
 
 
 def test_cmake_lists_every_script_and_resource():
@@ -153,104 +164,25 @@ def test_icon_is_a_128_pixel_png():
     assert struct.unpack(">II", data[16:24]) == (128, 128)
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in (MODULE_DIR / "MoNetSegmentationLib").glob("*.py")))
-def test_library_imports_no_qt(path):
-    source = (MODULE_DIR / "MoNetSegmentationLib" / path).read_text()
-    tree = ast.parse(source)
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not imported & {"qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule"}
-
-
-@pytest.mark.parametrize("module_file", [MODULE_FILE, MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py"])
+@pytest.mark.parametrize("module_file", [MODULE_FILE, ROOT / "LowResDetect" / "LowResDetect.py"])
 def test_widgets_connect_with_a_tag_that_slicer_5_8_returns(module_file):
-    """connectGui returns None on Slicer 5.8 (so disconnectGui undoes nothing); the widgets use
-    connectParametersToGui, which returns the tag on 5.8 and 5.10."""
-    text = module_file.read_text()
+    """connectGui returns None on Slicer 5.8 (so disconnectGui undoes nothing); the shared widget
+    base uses connectParametersToGui, which returns the tag on 5.8 and 5.10, and the module
+    widgets inherit that (they bind nothing themselves)."""
+    text = WIDGET_BASE_FILE.read_text()
     assert ".connectGui(" not in text
     assert "self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))" in text
     assert "self._parameterNode.disconnectGui(self._parameterNodeGuiTag)" in text
+    module = module_file.read_text()
+    assert ".connectGui(" not in module and ".connectParametersToGui(" not in module and ".disconnectGui(" not in module
+    assert "(LiteSegModuleWidget):" in module
 
 
-def test_parameter_widgets_are_those_with_a_parameter_name():
-    import sys
-
-    sys.path.insert(0, str(MODULE_DIR))
-    from MoNetSegmentationLib.parameter_gui import parameterWidgets
-
-    class Widget:  # what the function reads of a Qt widget: its dynamic properties
-        def __init__(self, name=None):
-            self.properties = {"SlicerParameterName": name} if name else {}
-
-        def property(self, key):
-            return self.properties.get(key)
-
-    ui = type("Ui", (), {})()
-    ui.inputSelector, ui.threshold, ui.applyButton = Widget("inputVolume"), Widget("threshold"), Widget()
-    ui.layout = object()  # not a widget
-    assert parameterWidgets(ui) == {"inputVolume": ui.inputSelector, "threshold": ui.threshold}
-
-
-def test_the_bundled_models_reach_the_build_tree_as_well_as_the_install():
-    """Build-tree self-tests load the bundled models: they are copied where the engine package
-    is compiled (the scripted-modules lib folder), not only installed there."""
-    text = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
-    assert "file(GLOB LITESEG_MODEL_FILES RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} Resources/Models/*)" in text
-    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in text  # the engine's build copy
-    copy = re.search(r"foreach\(model_file \$\{LITESEG_MODEL_FILES\}\)\s+configure_file\(\$\{model_file\} (\S+) COPYONLY\)", text)
-    assert copy and copy.group(1) == "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${model_file}"
-    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
-
-
-def test_one_pytorch_installation_at_a_time():
-    import sys
-
-    sys.path.insert(0, str(MODULE_DIR))
-    from MoNetSegmentationLib import dependencies
-
-    calls = []
-
-    def install() -> bool:
-        calls.append(dependencies.installationRunning())
-        calls.append(dependencies.installOnce(lambda: True))  # a second click while pip runs
-        return True
-
-    assert dependencies.installOnce(install) is True
-    assert calls == [True, False] and not dependencies.installationRunning()
-
-    def failing() -> bool:
-        raise OSError("no network")
-
-    with pytest.raises(OSError):
-        dependencies.installOnce(failing)
-    assert not dependencies.installationRunning()  # a failed installation can be retried
-
-
-@pytest.mark.parametrize("module_file, button, refresh", [
-    (MODULE_FILE, "applyButton", "_updateApplyButton"),
-    (MODULE_DIR.parent / "LowResDetect" / "LowResDetect.py", "detectButton", "_updateDetectButton")])
-def test_the_run_button_is_disabled_while_pytorch_installs(module_file, button, refresh):
-    text = module_file.read_text()
+@pytest.mark.parametrize("module_file, button", [
+    (MODULE_FILE, "applyButton"),
+    (ROOT / "LowResDetect" / "LowResDetect.py", "detectButton")])
+def test_the_run_button_is_disabled_while_pytorch_installs(module_file, button):
+    text = WIDGET_BASE_FILE.read_text()
     assert "if not self._torchReady():" in text
-    assert f"return torchReadyForPanel(self.ui.{button}, self.ui.statusLabel, self.{refresh}, _)" in text
-
-
-def test_the_panel_check_refreshes_the_button_and_waits_for_another_installation():
-    import sys
-    from types import SimpleNamespace
-
-    sys.path.insert(0, str(MODULE_DIR))
-    from MoNetSegmentationLib import dependencies
-
-    button, status = SimpleNamespace(enabled=True), SimpleNamespace(text="")
-    refreshed = []
-
-    def refresh():
-        refreshed.append(button.enabled)
-        button.enabled = True
-
-    assert dependencies.torchReadyForPanel(button, status, refresh) is True  # torch is installed here
-    assert refreshed == [False] and button.enabled  # disabled during the check, then restored
-    seen = []
-    dependencies.installOnce(lambda: seen.append(dependencies.torchReadyForPanel(button, status, refresh)) or True)
-    assert seen == [False] and status.text == "PyTorch is being installed: wait until it is done"
+    assert "return torchReadyForPanel(self.runButton, self.ui.statusLabel, self.updateRunButton, _)" in text
+    assert f"self.runButton = self.ui.{button}" in module_file.read_text()  # the module's run button

@@ -10,8 +10,8 @@ slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
 from slicer_fixtures import core  # noqa: E402,F401  (pytest fixtures)
 
-from MoNetSegmentationLib import segmentation_writer, volume_bridge  # noqa: E402
-from MoNetSegmentationLib.selftest import GEOMETRIES, checkPancreasSegment, phantomImage, putInStudy  # noqa: E402
+from LiteSegSlicerLib import segmentation_writer, volume_bridge  # noqa: E402
+from LiteSegSlicerLib.segmentation_selftest import GEOMETRIES, checkPancreasSegment, phantomImage, putInStudy  # noqa: E402
 
 EXPECTED_ENTRY = (
     "Segmentation category and type - 3D Slicer General Anatomy list"

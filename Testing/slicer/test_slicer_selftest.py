@@ -8,7 +8,7 @@ slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
 from slicer_fixtures import core, data_root, bundled_model  # noqa: E402,F401  (pytest fixtures)
 
-from MoNetSegmentationLib import selftest  # noqa: E402
+from LiteSegSlicerLib import segmentation_selftest as selftest  # noqa: E402
 
 
 def test_self_test_geometry_on_synthetic_volumes(core):

@@ -10,8 +10,8 @@ slicer = pytest.importorskip("slicer", reason=SLICER_MISSING)
 
 from slicer_fixtures import core  # noqa: E402,F401  (pytest fixtures)
 
-from MoNetSegmentationLib import volume_bridge  # noqa: E402
-from MoNetSegmentationLib.selftest import GEOMETRIES, phantomImage, physicalPointsLps  # noqa: E402
+from LiteSegSlicerLib import volume_bridge  # noqa: E402
+from LiteSegSlicerLib.segmentation_selftest import GEOMETRIES, phantomImage, physicalPointsLps  # noqa: E402
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,6 +39,12 @@ from liteseg.training.patches import canonical_volume
 from liteseg.training.unet3d_trainer import train_unet3d
 
 UNET_DIR = "unet3d"
+LOG_EVERY = 50  # baseline training steps between log lines
+Log = Callable[[str], None]  # told what the benchmark is doing (the CLI prints it)
+
+
+def _silent(message: str) -> None:
+    """The default `Log`: says nothing."""
 
 
 @dataclass
@@ -79,19 +85,21 @@ def fold_config(card: ModelCard) -> LowResTrainConfig:
 
 
 def baseline_for_fold(config: LowResTrainConfig, train_cases: Sequence[Case], path: Path, steps: int, batch_size: int,
-                      seed: int = 0) -> torch.nn.Module:
+                      seed: int = 0, log: Log = _silent) -> torch.nn.Module:
     """A fold's 3D U-Net: loaded from `path`, else trained on `train_cases` with the fold's patch
-    size and preprocessing and saved there."""
+    size and preprocessing and saved there (`log` told every LOG_EVERY steps)."""
     network = unet3d()
     if path.is_file():
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return network.eval()
     volumes = [canonical_volume(*read_detection_case(c, config), config.preprocessing) for c in train_cases]
     started = time.perf_counter()
-    network = train_unet3d(volumes, steps, batch_size, config.patch_size, seed=seed,
-                           progress=lambda step, loss: print(f"\r  unet3d {path.stem}: step {step}/{steps}, loss {loss:.3f}, "
-                                                             f"{time.perf_counter() - started:.0f} s", end="", flush=True))
-    print()
+
+    def progress(step: int, loss: float) -> None:
+        if step % LOG_EVERY == 0 or step == steps:
+            log(f"  unet3d {path.stem}: step {step}/{steps}, loss {loss:.3f}, {time.perf_counter() - started:.0f} s")
+
+    network = train_unet3d(volumes, steps, batch_size, config.patch_size, seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), path)
     return network
@@ -106,8 +114,9 @@ def _row(method: str, network: torch.nn.Module, scores: HeldOutScores) -> Method
                      sum(not hit for s in scores.scans for hit in s.hits))
 
 
-def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int) -> list[MethodRow]:
-    """LowRes and the 3D U-Net on every fold's held-out cases (see the module docstring)."""
+def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int, log: Log = _silent) -> list[MethodRow]:
+    """LowRes and the 3D U-Net on every fold's held-out cases (see the module docstring); `log`
+    is told each fold's hits and the baseline's training."""
     lowres, unet = HeldOutScores(), HeldOutScores()
     for folder in fold_folders(lopo_dir):
         card = fold_card(folder)
@@ -118,11 +127,12 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
         network, _ = load_detector(card)
         lowres.add(score_detection(held_out, config, lowres_detector(network, config)))
         train_cases = [c for c in cases if c.patient != folder.name]
-        baseline = baseline_for_fold(config, train_cases, Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", steps, batch_size)
+        baseline = baseline_for_fold(config, train_cases, Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", steps, batch_size,
+                                     log=log)
         window = config.patch_size
         unet.add(score_detection(held_out, config,
                                  lambda image: detect_sliding_window(image, baseline, config.preprocessing, window)))
-        print(f"  fold {folder.name}: LowRes {lowres.cases[-1]['objects_hit']}/{lowres.cases[-1]['objects']} hit, "
+        log(f"  fold {folder.name}: LowRes {lowres.cases[-1]['objects_hit']}/{lowres.cases[-1]['objects']} hit, "
               f"3D U-Net {unet.cases[-1]['objects_hit']}/{unet.cases[-1]['objects']} hit")
     return [_row("LowRes (two stages)", LowResNet(), lowres), _row("3D U-Net, sliding window", unet3d(), unet)]
 
@@ -164,10 +174,10 @@ def format_comparison(rows: Sequence[MethodRow], large: tuple[tuple[int, ...], f
     return "\n".join(lines)
 
 
-def run_detection_bench(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int, repeats: int) -> str:
-    """Compare, print and return the table."""
-    rows = compare_lopo(lopo_dir, cases, steps, batch_size)
+def run_detection_bench(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: int, repeats: int,
+                        log: Log = _silent) -> str:
+    """Compare and return the table."""
+    rows = compare_lopo(lopo_dir, cases, steps, batch_size, log)
     table = format_comparison(rows, time_large_volume(lopo_dir, cases[0], repeats), torch.get_num_threads())
-    print(table)
     return table
 

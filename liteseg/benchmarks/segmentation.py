@@ -1,7 +1,7 @@
 """`liteseg bench`: CPU speed of the networks and of the whole "Segment pancreas" job, in one run.
 
-Prints tables; nothing here is a test. Figures vary with the machine and its load: compare
-ratios measured in the same run.
+Tables go to a `log` callback (the command prints them); nothing here is a test. Figures vary
+with the machine and its load: compare ratios measured in the same run.
 """
 
 from __future__ import annotations
@@ -226,33 +226,33 @@ def run_bench(
     repeats: int = 3,
     threads: Optional[int] = None,
     end_to_end: bool = True,
-    print_: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda table: None,
 ) -> None:
-    """Measure and print the network table, then the whole job three ways on a 512x512x150 CT,
-    then the default job's memory on a 512x512x600 CT."""
+    """Measure the network table, then the whole job three ways on a 512x512x150 CT, then the
+    default job's memory on a 512x512x600 CT; each table goes to `log` when done (the CLI prints)."""
     from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     matmul = matmul_gflops()
-    print_(f"torch {torch.__version__}, {threads} threads; float32 matmul {matmul:.0f} GFLOP/s")
-    print_(f"{n_slices} slices of 256x256, eager rows batch {batch_size}, median of {repeats} runs after a warm-up\n")
-    print_(format_network_table(bench_networks(names, n_slices, batch_size, repeats), n_slices, matmul))
+    log(f"torch {torch.__version__}, {threads} threads; float32 matmul {matmul:.0f} GFLOP/s")
+    log(f"{n_slices} slices of 256x256, eager rows batch {batch_size}, median of {repeats} runs after a warm-up\n")
+    log(format_network_table(bench_networks(names, n_slices, batch_size, repeats), n_slices, matmul))
     if not end_to_end:
         return
     ct_path, reference_path = fetch_sample(SAMPLE_CT), fetch_sample(SAMPLE_PANCREAS)
     with tempfile.TemporaryDirectory() as folder:
         job_ct, job_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 150))
         rows = [bench_job(job_ct, job_reference, setting, threads) for setting in JOB_SETTINGS]
-        print_("\nSegment pancreas, 512x512x150 CT (the sample CT resampled), bundled MoNet, read to write, "
+        log("\nSegment pancreas, 512x512x150 CT (the sample CT resampled), bundled MoNet, read to write, "
                "fresh process each; Dice against the resampled reference:")
-        print_(format_job_table(rows))
+        log(format_job_table(rows))
         big_ct, big_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 600))
         rows = [bench_job(big_ct, big_reference, setting, threads) for setting in JOB_SETTINGS[::2]]
-        print_("\nMemory, 512x512x600 CT (the sample CT resampled):")
-        print_(format_job_table(rows))
-        print_("\nLocalisation against full-volume inference (fast backend), real cases:")
-        print_(format_localisation_table(localisation_check(ct_path, reference_path, job_ct, job_reference)))
+        log("\nMemory, 512x512x600 CT (the sample CT resampled):")
+        log(format_job_table(rows))
+        log("\nLocalisation against full-volume inference (fast backend), real cases:")
+        log(format_localisation_table(localisation_check(ct_path, reference_path, job_ct, job_reference)))
 
 
 @dataclass

@@ -1,15 +1,12 @@
-"""Progress display for the command line and headless training: a tqdm bar when tqdm is
-installed (the `cli` extra), else plain lines on stderr, so a bare install (torch, numpy,
-SimpleITK only) runs every command. Also the one check for matplotlib, which draws the PNGs."""
+"""Progress display of the commands: a tqdm bar when tqdm is installed (the `cli` extra), else
+plain lines on stderr, so a bare install (torch, numpy, SimpleITK only) runs every command.
+`progress_bar` is the `progress.BarFactory` the commands hand to the trainers and folder runs."""
 
 from __future__ import annotations
 
 import sys
 import time
-import warnings
-from typing import Iterable, Iterator, TypeVar
 
-T = TypeVar("T")
 PLAIN_INTERVAL_S = 5.0  # plain progress: at most one line per this many seconds (and the last)
 
 
@@ -51,28 +48,6 @@ def progress_bar(total: int, desc: str, unit: str):
     except ImportError:
         return PlainBar(total, desc, unit)
     return tqdm(total=total, desc=desc, unit=unit)
-
-
-def iterate(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:
-    """`items` one by one with a progress display."""
-    items = list(items)
-    bar = progress_bar(len(items), desc, unit)
-    try:
-        for item in items:
-            yield item
-            bar.update(1)
-    finally:
-        bar.close()
-
-
-def matplotlib_available(what: str) -> bool:
-    """Whether matplotlib can be imported; warns once per call that `what` is skipped otherwise."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        warnings.warn(f"{what} not drawn: matplotlib is not installed (pip install 'liteseg[cli]')", stacklevel=2)
-        return False
-    return True
 
 
 class ProgressBar:

@@ -11,11 +11,22 @@ from typing import Optional, Sequence
 import torch
 
 from liteseg import __version__
-from liteseg.cli.console import ProgressBar, matplotlib_available
+from liteseg.cli.console import ProgressBar, progress_bar
 from liteseg.errors import LiteSegError
+from liteseg.extras import matplotlib_available
 from liteseg.io.modelcard import DEFAULT_MODEL
 from liteseg.segmentation.localisation import Localisation
 from liteseg.segmentation.runtime import BACKENDS
+
+
+def describe(error: LiteSegError) -> str:
+    """The error's message with its remedy as a flag of this command line, e.g. "(use --overwrite
+    to replace it)" for the engine's `overwrite=True`."""
+    remedy = error.remedy
+    if remedy is None:
+        return error.message
+    flag = "--" + remedy.parameter.replace("_", "-") + ("" if remedy.value == "True" else f" {remedy.value}")
+    return f"{error.message} (use {flag} {remedy.effect})".replace(" )", ")")
 
 
 def _format_seconds(seconds: dict[str, float]) -> str:
@@ -49,10 +60,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.folder and args.dicom_seg is not None:
         raise LiteSegError("--dicom-seg writes the SEG of one DICOM series: give that series folder, without --folder")
     if args.folder:
-        cases = segment_folder(args.input, args.output, args.model, args.overwrite, **options)
+        cases = segment_folder(args.input, args.output, args.model, args.overwrite, bars=progress_bar, **options)
         failed = [c for c in cases if c.error]
         for case in cases:
-            status = f"FAILED: {case.error}" if case.error else f"{case.foreground_ml:.1f} ml -> {case.output}"
+            status = f"FAILED: {describe(case.error)}" if case.error else f"{case.foreground_ml:.1f} ml -> {case.output}"
             print(f"{case.input.name}: {status} ({case.seconds:.1f} s)")
         total = sum(c.seconds for c in cases)
         print(f"{len(cases) - len(failed)} of {len(cases)} volumes segmented in {total:.1f} s")
@@ -202,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from liteseg.benchmarks.segmentation import run_bench
 
-    run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end)
+    run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end, log=print)
     return 0
 
 
@@ -210,8 +221,8 @@ def cmd_bench_detection(args: argparse.Namespace) -> int:
     from liteseg.benchmarks.detection import run_detection_bench
     from liteseg.training.datasets import cases_from_pairs_csv
 
-    run_detection_bench(args.lopo_dir, cases_from_pairs_csv(args.dataset), args.unet_steps, args.unet_batch_size,
-                        args.repeat_slices)
+    print(run_detection_bench(args.lopo_dir, cases_from_pairs_csv(args.dataset), args.unet_steps, args.unet_batch_size,
+                              args.repeat_slices, log=print))
     return 0
 
 
@@ -321,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.run(args)
     except LiteSegError as error:
-        print(f"liteseg: error: {error}", file=sys.stderr)
+        print(f"liteseg: error: {describe(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("liteseg: interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from liteseg.cli.console import progress_bar
 from liteseg.errors import LiteSegError
 from liteseg.io.modelcard import ModelCard
 from liteseg.segmentation.preprocessing import Preprocessing
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         notes=args.notes,
     )
-    card_path = train(config, cases, recorded_command(), progress_bar=True, resume=args.resume,
+    card_path = train(config, cases, recorded_command(), bars=progress_bar, resume=args.resume,
                       dataset=dataset_source(args.dataset))
     card = ModelCard.read(card_path)
     validation = card.data["validation"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from liteseg.cli.console import progress_bar
 from liteseg.cli.train import add_data_options, cases_from_args, recorded_command
 from liteseg.detection.preprocessing import DetectionPreprocessing
 from liteseg.errors import LiteSegError
@@ -87,7 +88,7 @@ def run_lowres(args: argparse.Namespace) -> int:
         raise LiteSegError("--leave-one-patient-out holds out each patient in turn: do not give --val-fraction")
     val_fraction = args.val_fraction if args.val_fraction is not None else (0.0 if args.dataset is None else 0.3)
     train = train_lowres_lopo if args.leave_one_patient_out else train_lowres
-    card_path = train(lowres_config(args, val_fraction), cases, recorded_command(), progress_bar=True, resume=args.resume)
+    card_path = train(lowres_config(args, val_fraction), cases, recorded_command(), bars=progress_bar, resume=args.resume)
     card = ModelCard.read(card_path)
     validation = card.data["validation"]
     where = "on the training cases" if validation["on_training_cases"] else f"on {len(validation['cases'])} held-out cases"

@@ -41,7 +41,7 @@ from liteseg.components import Box, component_boxes, label_components
 from liteseg.detection.preprocessing import DetectionPreprocessing, canonical_input
 from liteseg.detection.results import DetectionResult, labelmap_image, make_detection
 from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
-from liteseg.errors import Cancelled, LiteSegError, WeightsError
+from liteseg.errors import Cancelled, LiteSegError, Remedy, WeightsError
 from liteseg.io.images import as_3d
 from liteseg.io.modelcard import ModelCard, bundled_cards, find_card, load_network
 from liteseg.models.lowres import LowResFeatures, LowResNet, LowResStage1
@@ -280,9 +280,10 @@ def find_lowres_card(model: str | Path | None) -> ModelCard:
     if model is None:
         cards = [card for card in bundled_cards() if card.network == LOWRES_NETWORK]
         if not cards:
-            raise WeightsError("no LowRes model is bundled: give a model card with --model CARD.json")
+            raise WeightsError("no LowRes model is bundled: give a model card", Remedy("model", "CARD.json"))
         if len(cards) > 1:
-            raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)}): choose one with --model")
+            raise LiteSegError(f"several LowRes models are bundled ({', '.join(c.name for c in cards)})",
+                               Remedy("model", "NAME", "to choose one"))
         return cards[0]
     card = find_card(model)
     if card.network != LOWRES_NETWORK:

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from liteseg.errors import InvalidImageError, LiteSegError
+from liteseg.errors import ALLOW_NON_CT, InvalidImageError, LiteSegError
 from liteseg.io.geometry import SliceOrientation, slice_orientation
 from liteseg.io.images import check_ct_intensities, check_volume
 
@@ -59,8 +59,8 @@ class DetectionPreprocessing:
         if low < 0 or high > 255:
             raise InvalidImageError(
                 f"input intensities {low:g} to {high:g}: this model expects grey levels 0-255 (DeepLesion 8-bit "
-                "slices), not Hounsfield units; rescale the volume to 0-255 or use a model trained on HU "
-                "(use --allow-non-ct to override)"
+                "slices), not Hounsfield units; rescale the volume to 0-255 or use a model trained on HU",
+                ALLOW_NON_CT,
             )
 
     def normalize(self, volume: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from liteseg.errors import InvalidImageError
+from liteseg.errors import InvalidImageError, Remedy
 
 POSITION_TAG = "0020|0032"  # Image Position (Patient), mm
 ORIENTATION_TAG = "0020|0037"  # Image Orientation (Patient): row and column direction cosines
@@ -29,8 +29,8 @@ def series_files(folder: Path, series: Optional[str] = None) -> list[str]:
     if series is not None and series not in uids:
         raise InvalidImageError(f"{folder} holds no DICOM series {series}; it holds {_listing(folder, uids)}")
     if series is None and len(uids) > 1:
-        raise InvalidImageError(f"{folder} holds {len(uids)} DICOM series, {_listing(folder, uids)}: "
-                                "choose one with --series UID (Python: series=UID)")
+        raise InvalidImageError(f"{folder} holds {len(uids)} DICOM series, {_listing(folder, uids)}",
+                                Remedy("series", "UID", "to choose one"))
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or uids[0]))
 
 

@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from liteseg.errors import InvalidImageError, LiteSegError
+from liteseg.errors import ALLOW_NON_CT, InvalidImageError, LiteSegError, Remedy
 from liteseg.io.dicom_series import read_dicom_series
 from liteseg.io.file_integrity import check_file_complete
 
@@ -101,7 +101,8 @@ def check_ct_intensities(image: sitk.Image, what: str = "input") -> None:
     if low > -500 or high < 0 or high > 40000:
         raise InvalidImageError(
             f"{what} does not look like a CT in Hounsfield units (intensities {low:g} to {high:g}; "
-            "a CT holds air near -1000 HU): this model needs CT (use --allow-non-ct to override)"
+            "a CT holds air near -1000 HU): this model needs CT",
+            ALLOW_NON_CT,
         )
 
 
@@ -118,7 +119,7 @@ def check_output_path(path: Path, input_path: Optional[Path] = None, overwrite: 
     if path.is_dir():
         raise LiteSegError(f"output {path} is a folder; give a file name")
     if path.exists() and not overwrite:
-        raise LiteSegError(f"output exists, not overwritten: {path} (use --overwrite)")
+        raise LiteSegError(f"output exists, not overwritten: {path}", Remedy("overwrite", effect="to replace it"))
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

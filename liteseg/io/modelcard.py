@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -22,23 +23,23 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_MODEL = "monet-pancreas-nih"
+BUNDLED_MODELS_PACKAGE = "liteseg.bundled_models"
+CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"  # what pip maps to it
 CARD_SUFFIX = ".json"
 REQUIRED_KEYS = ("name", "version", "network", "weights", "sha256", "input", "output", "labels")
 
-# Slicer's terminology for the pancreas (SNOMED CT) and its recommended display colour.
-PANCREAS_LABEL = {
-    "value": 1,
-    "name": "Pancreas",
-    "color": [249, 180, 111],
-    "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
-    "type": {"scheme": "SCT", "code": "15776009", "meaning": "Pancreas"},
-}
-
 
 def models_dir() -> Path:
-    """Folder of the bundled weights: $LITESEG_MODELS, else `Resources/Models` of the checkout."""
+    """Folder of the bundled weights: $LITESEG_MODELS, else the package data `liteseg.bundled_models`
+    (the extension's `Resources/Models`, installed there by pip and by Slicer's CMake), else, for a
+    checkout put on `sys.path` without installing it (Slicer's module paths), that folder itself."""
     override = os.environ.get("LITESEG_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    if override:
+        return Path(override)
+    try:
+        return Path(str(resources.files(BUNDLED_MODELS_PACKAGE)))  # installed packages are always on disk
+    except ModuleNotFoundError:
+        return CHECKOUT_MODELS
 
 
 def sha256_file(path: Path) -> str:

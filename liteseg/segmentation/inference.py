@@ -16,7 +16,6 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from liteseg.cli.console import iterate
 from liteseg.components import largest_component
 from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
 from liteseg.io.geometry import slice_orientation
@@ -31,7 +30,7 @@ from liteseg.io.images import (
     write_image,
 )
 from liteseg.io.modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
-from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled
+from liteseg.progress import BarFactory, CancelFlag, ProgressCallback, is_cancelled, iterate
 from liteseg.segmentation.localisation import Localisation, Region, coarse_indices, find_region
 from liteseg.segmentation.preprocessing import Normaliser, Preprocessing, resize_slices
 from liteseg.segmentation.runtime import Runner, batch_for, make_runner
@@ -304,7 +303,7 @@ class FolderCase:
 
     input: Path
     output: Optional[Path]
-    error: str = ""
+    error: Optional[LiteSegError] = None
     seconds: float = 0.0
     foreground_ml: float = 0.0
 
@@ -327,12 +326,13 @@ def segment_folder(
     output_dir: str | Path,
     model: str | Path = DEFAULT_MODEL,
     overwrite: bool = False,
-    progress_bar: bool = True,
+    bars: Optional[BarFactory] = None,
     **options,
 ) -> list[FolderCase]:
     """Segment every volume of a folder into `output_dir` (same file names; DICOM -> .nii.gz).
 
-    A failing case is recorded and the others go on; the caller reports the summary.
+    A failing case is recorded and the others go on; the caller reports the summary. `bars`
+    counts the volumes on a bar (none without it).
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = folder_inputs(input_dir)
@@ -341,10 +341,7 @@ def segment_folder(
     network, card = load_model(model)
     options = with_card_defaults(card, options)
     cases: list[FolderCase] = []
-    iterator = inputs
-    if progress_bar:
-        iterator = iterate(inputs, "segmenting", "volume")
-    for path in iterator:
+    for path in iterate(inputs, bars, "segmenting", "volume"):
         output = output_dir / (case_name(path) + (image_suffix(path) or ".nii.gz"))
         started = time.perf_counter()
         try:
@@ -353,6 +350,6 @@ def segment_folder(
             write_image(result.labelmap, output, overwrite=overwrite)
             cases.append(FolderCase(path, output, seconds=time.perf_counter() - started, foreground_ml=result.foreground_ml))
         except LiteSegError as error:
-            cases.append(FolderCase(path, None, error=str(error), seconds=time.perf_counter() - started))
+            cases.append(FolderCase(path, None, error=error, seconds=time.perf_counter() - started))
     return cases
 

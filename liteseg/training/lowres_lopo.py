@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
-from liteseg.cli.console import matplotlib_available
 from liteseg.detection.lowres import load_detector
 from liteseg.errors import LiteSegError
 from liteseg.evaluation.froc import froc_curve, plot_froc, write_froc_csv
+from liteseg.extras import matplotlib_available
 from liteseg.io.modelcard import ModelCard, write_card
+from liteseg.progress import BarFactory
 from liteseg.training.datasets import Case
 from liteseg.training.lowres_trainer import (
     HeldOutScores,
@@ -27,7 +28,7 @@ from liteseg.training.lowres_trainer import (
     score_detection,
     train_lowres,
 )
-from liteseg.training.trainer import CHECKPOINT_NAME
+from liteseg.training.runs import CHECKPOINT_NAME
 
 FOLDS_DIR = "folds"
 FROC_SUFFIX = "_lopo_froc"  # after the model name: the files can sit beside the card in Resources/Models
@@ -36,7 +37,7 @@ FROC_SUFFIX = "_lopo_froc"  # after the model name: the files can sit beside the
 def fold_configs(config: LowResTrainConfig, cases: Sequence[Case]) -> list[tuple[str, LowResTrainConfig]]:
     """(patient, options of the fold holding that patient out), in patient order."""
     if config.val_patients:
-        raise LiteSegError("leave-one-patient-out chooses the held-out patients itself: do not name --val-patients")
+        raise LiteSegError("leave-one-patient-out chooses the held-out patients itself: val_patients must be empty")
     patients = sorted({case.patient for case in cases})
     if len(patients) < 2:
         raise LiteSegError(f"leave-one-patient-out needs at least 2 patients, got {len(patients)}")
@@ -47,13 +48,13 @@ def _resumable(config: LowResTrainConfig, resume: bool) -> bool:
     return resume and (Path(config.output) / CHECKPOINT_NAME).is_file()
 
 
-def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True,
+def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command: str, bars: Optional[BarFactory] = None,
                       resume: bool = False) -> Path:
     """Train every fold, then the final weights on all patients; returns the final card's path,
     which holds the pooled held-out figures (see the module docstring)."""
     pooled, folds = HeldOutScores(), []
     for patient, fold in fold_configs(config, cases):
-        card_path = train_lowres(fold, cases, command, progress_bar, _resumable(fold, resume))
+        card_path = train_lowres(fold, cases, command, bars, _resumable(fold, resume))
         network, _ = load_detector(ModelCard.read(card_path))
         scores = score_detection([c for c in cases if c.patient == patient], fold, lowres_detector(network, fold))
         pooled.add(scores)
@@ -61,7 +62,7 @@ def train_lowres_lopo(config: LowResTrainConfig, cases: Sequence[Case], command:
                       **scores.summary(), "cases": scores.cases})
 
     final = replace(config, val_patients=(), val_fraction=0.0)
-    card_path = train_lowres(final, cases, command, progress_bar, _resumable(final, resume))
+    card_path = train_lowres(final, cases, command, bars, _resumable(final, resume))
     curve = froc_curve(pooled.scans)
     output = Path(config.output)
     froc_csv = write_froc_csv(curve, output / f"{config.name}{FROC_SUFFIX}.csv")

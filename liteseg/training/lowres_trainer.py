@@ -37,16 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from liteseg import __version__
-from liteseg.cli.console import iterate, matplotlib_available
 from liteseg.detection.lowres import detect_image
 from liteseg.detection.preprocessing import DetectionPreprocessing
 from liteseg.detection.results import DetectionResult
 from liteseg.errors import LiteSegError
 from liteseg.evaluation.froc import ScanMatch, average_recall, froc_curve, match_scan, object_dice
 from liteseg.evaluation.metrics import check_same_grid, dice
+from liteseg.extras import matplotlib_available
 from liteseg.io.images import as_3d, check_volume, read_image
+from liteseg.io.labels import LESION_LABEL
 from liteseg.io.modelcard import sha256_file, write_card
 from liteseg.models.lowres import LowResNet
+from liteseg.progress import BarFactory, iterate
 from liteseg.training.datasets import Case, merge_labels
 from liteseg.training.losses import dice_loss
 from liteseg.training.patches import (
@@ -58,15 +60,15 @@ from liteseg.training.patches import (
     random_flips,
     sample_batch,
 )
-from liteseg.training.trainer import (
+from liteseg.training.runs import (
     common_problems,
     config_to_dict,
     epoch_bar,
     raise_first_problem,
     read_checkpoint,
     restore_rng_state,
-    rng_state,
     save_atomic,
+    save_checkpoint,
     split_description,
     start_run,
     validates_on_training_cases,
@@ -81,14 +83,6 @@ RESUMABLE_CHANGES = ("stage1_epochs", "stage2_epochs", "notes", "num_threads", "
 
 Detector = Callable[[sitk.Image], DetectionResult]
 
-# A lesion in Slicer's terminology (SNOMED CT).
-LESION_LABEL = {
-    "value": 1,
-    "name": "Lesion",
-    "color": [255, 97, 64],
-    "category": {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"},
-    "type": {"scheme": "SCT", "code": "52988006", "meaning": "Lesion"},
-}
 
 
 @dataclass
@@ -232,11 +226,10 @@ def read_detection_case(case: Case, config: LowResTrainConfig) -> tuple[sitk.Ima
     return image, reference
 
 
-def load_volumes(cases: Sequence[Case], config: LowResTrainConfig, progress_bar: bool) -> list[PatchVolume]:
+def load_volumes(cases: Sequence[Case], config: LowResTrainConfig, bars: Optional[BarFactory]) -> list[PatchVolume]:
     """The training cases as canonical, normalised `PatchVolume`s held in memory."""
-    if progress_bar:
-        cases = iterate(cases, "loading training cases", "case")
-    volumes = [canonical_volume(*read_detection_case(c, config), config.preprocessing) for c in cases]
+    loading = iterate(cases, bars, "loading training cases", "case")
+    volumes = [canonical_volume(*read_detection_case(c, config), config.preprocessing) for c in loading]
     if not any(v.has_lesion for v in volumes):
         raise LiteSegError(f"no training case holds any of the label values {list(config.label_values)}")
     return volumes
@@ -309,20 +302,21 @@ def _cpu_network(network: LowResNet, device: torch.device) -> LowResNet:
 # ---------------------------------------------------------------- training
 
 
-def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True,
+def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str, bars: Optional[BarFactory] = None,
                  resume: bool = False) -> Path:
     """Train both stages on `cases` (split by patient); write weights, checkpoint, curve and
-    model card into `config.output`. `command` is recorded in the card. `resume` continues
+    model card into `config.output`; `bars` draws the progress bars. `command` is recorded in the card. `resume` continues
     `<output>/checkpoint.pt`, which must come from the same options (see RESUMABLE_CHANGES) and
     cases. Returns the model card's path."""
-    checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
+    run = start_run(config, cases, resume)
+    checkpoint, weights, card, device, train_cases, val_cases, generator = run
     network = LowResNet().to(device)
     optimizers = make_optimizers(network, config)
     history: list[dict] = []
     if resume:
         history = _restore(checkpoint, config, train_cases, val_cases, network, optimizers, generator)
 
-    volumes = load_volumes(train_cases, config, progress_bar) if len(history) < config.epochs else []
+    volumes = load_volumes(train_cases, config, bars) if len(history) < config.epochs else []
     for epoch in range(len(history) + 1, config.epochs + 1):
         started = time.perf_counter()
         stage, _ = config.stage_of(epoch)
@@ -332,7 +326,7 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
             group["lr"] = lr
         batch_size = config.batch_size if stage == 1 else (config.stage2_batch_size or config.batch_size)
         set_stage(network, stage)
-        bar = epoch_bar(config.iterations_per_epoch, f"stage {stage} epoch {epoch}/{config.epochs}", progress_bar)
+        bar = epoch_bar(config.iterations_per_epoch, f"stage {stage} epoch {epoch}/{config.epochs}", bars)
         total = 0.0
         for iteration in range(1, config.iterations_per_epoch + 1):
             images, labels, _ = sample_batch(volumes, batch_size, config.patch_size, generator, config.lesion_probability)
@@ -351,21 +345,9 @@ def train_lowres(config: LowResTrainConfig, cases: Sequence[Case], command: str,
                             recall=format_score(summary["average_recall"]))
             bar.close()
         save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
-        save_atomic(
-            {
-                "config": config.to_dict(),
-                "train_cases": [c.describe() for c in train_cases],
-                "val_cases": [c.describe() for c in val_cases],
-                "epoch": epoch,
-                "history": history,
-                "stage1": network.stage1.state_dict(),
-                "stage2": network.stage2.state_dict(),
-                "optimizer1": optimizers[1].state_dict(),
-                "optimizer2": optimizers[2].state_dict(),
-                "rng": rng_state(generator, device),
-            },
-            checkpoint,
-        )
+        states = {"stage1": network.stage1.state_dict(), "stage2": network.stage2.state_dict(),
+                  "optimizer1": optimizers[1].state_dict(), "optimizer2": optimizers[2].state_dict()}
+        save_checkpoint(checkpoint, config, run, history, states)
         if matplotlib_available("training curve"):
             plot_lowres_curve(history, Path(config.output) / CURVE_NAME, config.stage1_epochs)
 

@@ -8,15 +8,12 @@ epoch's weights (lowest validation loss) are written with a model card at the en
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,79 +22,56 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from liteseg import __version__
-from liteseg.cli.console import iterate, matplotlib_available, progress_bar
 from liteseg.errors import LiteSegError
 from liteseg.evaluation.metrics import dice, hausdorff95
-from liteseg.io.modelcard import PANCREAS_LABEL, sha256_file, write_card
+from liteseg.extras import matplotlib_available
+from liteseg.io.labels import LIVER_LABEL, PANCREAS_LABEL
+from liteseg.io.modelcard import sha256_file, write_card
 from liteseg.models import MODELS, build_model
+from liteseg.progress import BarFactory, iterate
 from liteseg.segmentation.inference import segment_image
 from liteseg.segmentation.preprocessing import Preprocessing
 from liteseg.training.augment import random_affine
-from liteseg.training.datasets import Case, Slices, load_slices, read_case, select_slices, split_by_patient
+from liteseg.training.datasets import Case, Slices, load_slices, read_case, select_slices
 from liteseg.training.losses import dice_loss
+from liteseg.training.runs import (
+    common_problems,
+    config_to_dict,
+    epoch_bar,
+    raise_first_problem,
+    read_checkpoint,
+    restore_rng_state,
+    save_atomic,
+    save_checkpoint,
+    split_description,
+    start_run,
+    validates_on_training_cases,
+)
 from liteseg.training.slice_dataset import SlicePatient
 
-CHECKPOINT_NAME = "checkpoint.pt"
 CURVE_NAME = "training_curve.png"
+
+
 THRESHOLD = 0.5
+
+
 # The recipe is binary (sigmoid, soft Dice): every network is built with one output channel, also
 # those whose default is two (PocketNet's softmax head), and the card records it for loading.
 BINARY_OUTPUT = {"out_channels": 1}
+
+
 AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.25, "shift": 0.2}
+
+
 # Options that may differ when resuming without changing the result of the epochs already run.
 RESUMABLE_CHANGES = ("epochs", "notes", "num_threads", "output")
+
+
 PRECISIONS = ("float32", "bfloat16")
 
-# Label of the merged foreground (value 1) in Slicer's terminology (SNOMED CT) and colour.
-LABEL_PRESETS = {
-    "pancreas": PANCREAS_LABEL,
-    "liver": {
-        "value": 1,
-        "name": "Liver",
-        "color": [221, 130, 101],
-        "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
-        "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
-    },
-}
 
-
-def common_problems(config) -> list[tuple[bool, str]]:
-    """(failed, message) checks of the options every trainer's config has."""
-    return [
-        (not config.label_values, "label values must name at least one value"),
-        (config.device not in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {config.device!r}"),
-        (not config.name or Path(config.name).name != config.name, f"model name must be a file name, got {config.name!r}"),
-        (config.num_threads is not None and config.num_threads < 1, f"threads must be at least 1, got {config.num_threads}"),
-    ]
-
-
-def validates_on_training_cases(config) -> bool:
-    """True when the run has no held-out patients (its validation figures are optimistic)."""
-    return not config.val_patients and config.val_fraction == 0
-
-
-def split_description(config, train_cases: Sequence[Case], val_cases: Sequence[Case]) -> str:
-    """How a run split its cases, in words, for the model card."""
-    if validates_on_training_cases(config):
-        return "none (validation fraction 0): validated on the training cases, so the validation figures are optimistic"
-    rule = (f"held-out patients {', '.join(config.val_patients)}" if config.val_patients
-            else f"seed {config.seed}, validation fraction {config.val_fraction}")
-    return (
-        f"by patient ({rule}): {len({c.patient for c in train_cases})} training patients ({len(train_cases)} cases), "
-        f"{len({c.patient for c in val_cases})} validation patients ({len(val_cases)} cases)"
-    )
-
-
-def raise_first_problem(problems: Sequence[tuple[bool, str]]) -> None:
-    """Raise LiteSegError with the message of the first failed check."""
-    for failed, message in problems:
-        if failed:
-            raise LiteSegError(message)
-
-
-def config_to_dict(config) -> dict:
-    """JSON-compatible copy of a trainer config (lists for tuples), as stored in checkpoints and cards."""
-    return json.loads(json.dumps({**asdict(config), "output": str(config.output)}))
+# `--label-preset`: what the merged foreground (value 1) is.
+LABEL_PRESETS = {"pancreas": PANCREAS_LABEL, "liver": LIVER_LABEL}
 
 
 @dataclass
@@ -152,70 +126,6 @@ class TrainConfig:
         return config_to_dict(self)
 
 
-def output_files(output: Path, name: str, resume: bool) -> tuple[Path, Path, Path]:
-    """(checkpoint, weights, card) paths in `output`, created if needed; without `resume`, a
-    folder already holding any of them is refused (nothing of an earlier run is overwritten)."""
-    output.mkdir(parents=True, exist_ok=True)
-    files = output / CHECKPOINT_NAME, output / f"{name}.pt", output / f"{name}.json"
-    existing = [p.name for p in files if p.exists()]
-    if existing and not resume:
-        raise LiteSegError(f"{output} already holds {', '.join(existing)}: use --resume to continue it, or another output folder")
-    return files
-
-
-class Run(NamedTuple):
-    """What every training run starts from."""
-
-    checkpoint: Path
-    weights: Path
-    card: Path
-    device: torch.device
-    train_cases: list[Case]
-    val_cases: list[Case]
-    generator: torch.Generator
-
-
-def start_run(config, cases: Sequence[Case], resume: bool) -> Run:
-    """Check the config, claim the output files, set threads and device, split the cases by
-    patient and seed torch (the same start for every trainer, so runs and resumes repeat)."""
-    config.check()
-    files = output_files(Path(config.output), config.name, resume)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
-    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed, config.val_patients)
-    torch.manual_seed(config.seed)
-    return Run(*files, device, train_cases, val_cases, torch.Generator().manual_seed(config.seed))
-
-
-def read_checkpoint(path: Path, config, resumable: Sequence[str], train_cases: Sequence[Case],
-                    val_cases: Sequence[Case]) -> dict:
-    """A checkpoint's contents, refused unless it was made with the same options (except those
-    in `resumable`) and the same training and validation cases."""
-    if not path.is_file():
-        raise LiteSegError(f"nothing to resume: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise LiteSegError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
-    saved, current = state["config"], config.to_dict()
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in resumable and saved.get(k) != v]
-    if changed:
-        raise LiteSegError(f"cannot resume {path}: options changed since the checkpoint: {'; '.join(changed)}")
-    if state["train_cases"] != [c.describe() for c in train_cases] or state["val_cases"] != [c.describe() for c in val_cases]:
-        raise LiteSegError(f"cannot resume {path}: the training or validation cases differ from the checkpoint's")
-    return state
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" is CUDA when available, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LiteSegError("device cuda requested but no CUDA GPU is available")
-    return torch.device(device)
-
-
 class OnDevice(nn.Module):
     """Runs `network` on `device` for callers that pass and expect CPU tensors (segment_image)."""
 
@@ -228,16 +138,17 @@ class OnDevice(nn.Module):
         return self.network(x.to(self.device)).float().cpu()
 
 
-def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar: bool = True, resume: bool = False,
+def train(config: TrainConfig, cases: Sequence[Case], command: str, bars: Optional[BarFactory] = None, resume: bool = False,
           dataset: Optional[dict] = None) -> Path:
     """Train on `cases` (split by patient), write weights, checkpoint, curve and model card.
 
-    `command` is recorded in the card, and `dataset` (e.g. a slice dataset's description and
+    `bars` draws the loading and epoch bars (none without it). `command` is recorded in the card, and `dataset` (e.g. a slice dataset's description and
     licence) as its training data's source. `resume` continues `<output>/checkpoint.pt`, which must
     come from the same options (only epochs, notes, threads and the folder may change) and cases.
     Returns the model card's path.
     """
-    checkpoint, weights, card, device, train_cases, val_cases, generator = start_run(config, cases, resume)
+    run = start_run(config, cases, resume)
+    checkpoint, weights, card, device, train_cases, val_cases, generator = run
     # Channels-last: the same convolutions, about 1.3x faster per training step on the CPU.
     network = build_model(config.network, **BINARY_OUTPUT).to(device, memory_format=torch.channels_last)
     if config.foreground_prior is not None:
@@ -249,8 +160,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
     if resume:
         history = _restore(checkpoint, config, train_cases, val_cases, network, optimizer, scheduler, generator)
 
-    train_slices = _load(train_cases, config, "training", progress_bar)
-    val_slices = train_slices if val_cases == train_cases else _load(val_cases, config, "validation", progress_bar)
+    train_slices = _load(train_cases, config, "training", bars)
+    val_slices = train_slices if val_cases == train_cases else _load(val_cases, config, "validation", bars)
     val_indices = torch.sort(select_slices(val_slices, config.empty_slice_ratio, torch.Generator().manual_seed(config.seed))).values
 
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -259,7 +170,7 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
         indices = torch.cat(
             [select_slices(train_slices, config.empty_slice_ratio, generator) for _ in range(config.passes_per_epoch)]
         )
-        bar = epoch_bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", progress_bar)
+        bar = epoch_bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", bars)
         train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device,
                                   config.precision == "bfloat16", bar)
         val_loss = _validation_loss(network, val_slices, val_indices, config.batch_size, device)
@@ -274,20 +185,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, progress_bar
             bar.close()
         if best_epoch(history) == epoch:
             save_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
-        save_atomic(
-            {
-                "config": config.to_dict(),
-                "train_cases": [c.describe() for c in train_cases],
-                "val_cases": [c.describe() for c in val_cases],
-                "epoch": epoch,
-                "history": history,
-                "model": network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(generator, device),
-            },
-            checkpoint,
-        )
+        states = {"model": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        save_checkpoint(checkpoint, config, run, history, states)
         if matplotlib_available("training curve"):
             plot_curve(history, Path(config.output) / CURVE_NAME)
 
@@ -335,15 +234,9 @@ def plot_curve(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def epoch_bar(total: int, description: str, enabled: bool):
-    """A bar of `total` batches (tqdm, or plain lines without it), or None without progress display."""
-    return progress_bar(total, description, "batch") if enabled else None
-
-
-def _load(cases: Sequence[Case], config: TrainConfig, what: str, progress_bar: bool) -> Slices:
-    if progress_bar:
-        cases = iterate(cases, f"loading {what} cases", "case")
-    slices = Slices.concatenate([load_slices(c, config.label_values, config.preprocessing) for c in cases])
+def _load(cases: Sequence[Case], config: TrainConfig, what: str, bars: Optional[BarFactory]) -> Slices:
+    loading = iterate(cases, bars, f"loading {what} cases", "case")
+    slices = Slices.concatenate([load_slices(c, config.label_values, config.preprocessing) for c in loading])
     if not slices.foreground.any():
         raise LiteSegError(f"no {what} slice holds any of the label values {list(config.label_values)}")
     return slices
@@ -411,31 +304,6 @@ def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, de
             result["hd95_mm"] = None if math.isnan(distance) else distance
         results.append(result)
     return results
-
-
-def rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict, generator: torch.Generator) -> None:
-    """Put back the random states saved by `rng_state`."""
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file renamed over `path`, so an interruption never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _restore(

@@ -1,4 +1,4 @@
-"""The module's logic without Qt: detect objects in a volume node with a LowRes model.
+"""LowResDetect's logic without Qt: detect objects in a volume node with a LowRes model.
 
 `DetectionLogic.process` is the scripting and batch API (blocking); the module widget calls it
 with a progress callback and a cancel flag. In Slicer, `LowResDetect.LowResDetectLogic` is this
@@ -21,39 +21,35 @@ Nothing here imports torch, SimpleITK or the engine's detection before `process`
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
-from .shared import availableDetectorModels, importMoNetLib
-
-importMoNetLib()
-from MoNetSegmentationLib.engine import ModelInfo  # noqa: E402
-from MoNetSegmentationLib.logic import Cancelled, engineMessage  # noqa: E402
-from liteseg.errors import LiteSegError  # noqa: E402  (torch-free)
-from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCancelled  # noqa: E402  (torch-free)
+from .models import ModelInfo, availableDetectorModels
+from .processing import (
+    Cancelled,
+    CancelFlag,
+    LiteSegError,
+    ProcessRun,
+    ProgressCallback,
+    checkOutputSegmentation,
+    checkOutputTable,
+    engineMessage,
+)
 
 __all__ = ["DetectionLogic", "DetectionOutputs", "Cancelled"]
 
-# The engine's messages name its command-line options; say what to do from Python instead.
-_CLI_HINTS = {
-    "with --model CARD.json": "with model='CARD.json' (a LowRes model card path)",
-    ": choose one with --model": ": choose one with model=NAME",
+# The engine's remedies of a missing or ambiguous bundled model, worded for process() (see processing.REMEDIES).
+REMEDIES = {
+    ("model", "CARD.json"): " with model='CARD.json' (a LowRes model card path)",
+    ("model", "NAME"): ": choose one with model=NAME",
 }
-
-
-def _message(error: Exception) -> str:
-    message = engineMessage(error)
-    for cli, python in _CLI_HINTS.items():
-        message = message.replace(cli, python)
-    return message
 
 
 class DetectionOutputs(NamedTuple):
     """What `process` returns: unpack as `segmentation, table, rois = logic.process(...)`."""
 
     segmentationNode: object  # vtkMRMLSegmentationNode, one segment "Lesion <n>" per object
-    tableNode: object  # vtkMRMLTableNode, one row per object (outputs.TABLE_COLUMNS)
+    tableNode: object  # vtkMRMLTableNode, one row per object (detection_outputs.TABLE_COLUMNS)
     roiNodes: list  # vtkMRMLMarkupsROINode "Lesion <n>" per object, the refined boxes
 
 
@@ -93,7 +89,7 @@ class DetectionLogic:
                     network, preprocessing = load_detector(card)
                     self._detectors[key] = (network, preprocessing, card)
             except LiteSegError as error:
-                raise ValueError(f"cannot load detection model {key or '(bundled)'!r}: {_message(error)}") from error
+                raise ValueError(f"cannot load detection model {key or '(bundled)'!r}: {engineMessage(error, REMEDIES)}") from error
         return self._detectors[key]
 
     # ------------------------------------------------------------------ processing
@@ -147,48 +143,27 @@ class DetectionLogic:
             an error: the segmentation has no lesion segment, the table no row, there is no ROI,
             and `lastStatus` says so.
         """
-        started = time.perf_counter()
-        report = progress or (lambda fraction, message: None)
-        from MoNetSegmentationLib import volume_bridge
+        from . import detection_outputs as outputs
+        from .segmentation_writer import placeInSubjectHierarchy
+        from .volume_bridge import nodeLabel
 
-        from . import outputs
-
-        volume_bridge.checkScalarVolume(inputVolume)
-        scene = inputVolume.GetScene()
-        if scene is None:
-            raise ValueError(f"input volume {volume_bridge.nodeLabel(inputVolume)} is not in a scene")
+        run = ProcessRun("detection", inputVolume, progress, cancel, remedies=REMEDIES)
         if threshold is not None and not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
         if isinstance(margin, bool) or int(margin) != margin or margin < 0:
             raise ValueError(f"margin must be a whole number of low-resolution voxels >= 0, got {margin}")
-        if outputSegmentation is not None:
-            self._checkOutput(inputVolume, outputSegmentation)
-        if outputTable is not None and not outputTable.IsA("vtkMRMLTableNode"):
-            raise ValueError(f"output table {volume_bridge.nodeLabel(outputTable)} is a {outputTable.GetClassName()}, not a table")
-        if outputTable is not None and outputTable.GetScene() is not scene:
-            raise ValueError("the output table is not in the input volume's scene")
+        checkOutputSegmentation(inputVolume, outputSegmentation)
+        checkOutputTable(inputVolume, outputTable)
 
-        report(0.0, f"Reading {inputVolume.GetName()}")
-        timings = {}
-        image = volume_bridge.volumeToImage(inputVolume, applyParentTransform=applyParentTransform)
-        timings["read"] = time.perf_counter() - started
-
-        report(0.02, f"Loading model {model or '(bundled LowRes model)'}")
-        mark = time.perf_counter()
-        network, preprocessing, card = self.loadDetector(model)
-        timings["load"] = time.perf_counter() - mark
+        image = run.readVolume(applyParentTransform)
+        network, preprocessing, card = run.loadModel(lambda: self.loadDetector(model), str(model or "(bundled LowRes model)"))
         if threshold is None:
             threshold = float(card.data.get("output", {}).get("threshold", 0.5))
-        if isCancelled(cancel):
-            raise Cancelled("detection cancelled")
 
         from liteseg.detection.lowres import DEFAULT_MAX_VOXELS_STAGE1, DEFAULT_MAX_VOXELS_STAGE2, detect_image
 
-        def engineProgress(fraction: float, message: str) -> None:
-            report(min(0.9, 0.05 + 0.85 * fraction), f"Detecting: {message}")
-
-        try:
-            result = detect_image(
+        result = run.runEngine(
+            lambda engineProgress: detect_image(
                 image,
                 network,
                 preprocessing,
@@ -199,31 +174,14 @@ class DetectionLogic:
                 allow_non_ct=bool(allowNonCT),
                 progress=engineProgress,
                 cancel=cancel,
-            )
-        except Cancelled:
-            raise
-        except LiteSegError as error:
-            raise ValueError(f"cannot detect in {volume_bridge.nodeLabel(inputVolume)}: {_message(error)}") from error
-        timings.update(result.seconds)
-        if isCancelled(cancel):
-            raise Cancelled("detection cancelled")
+            ),
+            "Detecting", 0.9, f"cannot detect in {nodeLabel(inputVolume)}",
+        )
+        run.checkStillInScene(("output segmentation", outputSegmentation), ("output table", outputTable))
 
-        # The GUI keeps processing events while the engine runs: the nodes may be gone.
-        for node, what in ((inputVolume, "input volume"), (outputSegmentation, "output segmentation"), (outputTable, "output table")):
-            if node is not None and node.GetScene() is not scene:
-                raise ValueError(f"the {what} was removed from the scene during the detection")
-
-        report(0.9, "Writing segmentation, table and ROIs")
-        mark = time.perf_counter()
         detections = result.detections
-        created = []
-        try:
-            if outputSegmentation is None:
-                outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputVolume.GetName()} detections")
-                created.append(outputSegmentation)
-                outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            outputSegmentation.CreateDefaultDisplayNodes()  # none yet when made by a node selector
-            placeSegmentation = bool(created) or outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0
+        with run.writing(0.9, "Writing segmentation, table and ROIs"):
+            outputSegmentation, place = run.segmentationToWrite(outputSegmentation, f"{inputVolume.GetName()} detections")
             wasModifying = outputSegmentation.StartModify()
             try:
                 outputs.prepareSegmentation(outputSegmentation, inputVolume)
@@ -231,54 +189,46 @@ class DetectionLogic:
                 outputs.writeDetectionSegments(outputSegmentation, detections, inputVolume, shape)
             finally:
                 outputSegmentation.EndModify(wasModifying)
-            if placeSegmentation:
-                outputs.segmentation_writer.placeInSubjectHierarchy(outputSegmentation, inputVolume)
+            if place:
+                placeInSubjectHierarchy(outputSegmentation, inputVolume)
 
             previousRois = []
             if outputTable is None:
-                outputTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputVolume.GetName()} detections table")
-                created.append(outputTable)
-                outputs.segmentation_writer.placeInSubjectHierarchy(outputTable, inputVolume)
+                outputTable = run.addNode("vtkMRMLTableNode", f"{inputVolume.GetName()} detections table")
+                placeInSubjectHierarchy(outputTable, inputVolume)
             else:
                 previousRois = self._previousRois(outputTable)
             outputs.fillTable(outputTable, detections)
 
             rois = []
             for detection in detections:
-                roi = outputs.createRoi(scene, detection, inputVolume)
-                created.append(roi)
+                roi = outputs.createRoi(run.scene, detection, inputVolume)
+                run.created.append(roi)
                 rois.append(roi)
-                outputs.segmentation_writer.placeInSubjectHierarchy(roi, inputVolume)
+                placeInSubjectHierarchy(roi, inputVolume)
             outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_SEGMENTATION, outputSegmentation.GetID())
             outputTable.SetNodeReferenceID(outputs.TABLE_ROLE_VOLUME, inputVolume.GetID())
             outputTable.RemoveNodeReferenceIDs(outputs.TABLE_ROLE_ROI)
             for roi in previousRois:  # the ROIs an earlier run made for this table, only those
-                if roi.GetScene() is scene:
-                    scene.RemoveNode(roi)
+                if roi.GetScene() is run.scene:
+                    run.scene.RemoveNode(roi)
             for roi in rois:
                 outputTable.AddNodeReferenceID(outputs.TABLE_ROLE_ROI, roi.GetID())
-        except Exception:
-            for node in reversed(created):
-                if node.GetScene() is scene:
-                    scene.RemoveNode(node)
-            raise
-        timings["write"] = time.perf_counter() - mark
-        timings["total"] = time.perf_counter() - started
 
-        self.lastTimings = timings
+        self.lastTimings = run.timings
         self.lastDetections = list(detections)
         self.lastModel = card
         if detections:
             self.lastStatus = (
                 f"{len(detections)} object(s) found (threshold {float(threshold):.2f}, margin {int(margin)}) "
-                f"in {timings['total']:.1f} s"
+                f"in {run.timings['total']:.1f} s"
             )
         else:
             self.lastStatus = (
                 f"No object found (threshold {float(threshold):.2f}, margin {int(margin)}): "
                 "the segmentation and the table are empty"
             )
-        report(1.0, self.lastStatus)
+        run.finish(self.lastStatus)
         return DetectionOutputs(outputSegmentation, outputTable, rois)
 
     # ------------------------------------------------------------------ navigation
@@ -286,7 +236,7 @@ class DetectionLogic:
         """The RAS centre (world, mm) of the object in `row` (0-based) of a detections table; in
         the Slicer application the slice views are also centred there (Markups logic's
         JumpSlicesToLocation). Without `slicer.app` (scripts on Slicer's core) only returns it."""
-        from . import outputs
+        from . import detection_outputs as outputs
 
         centre = outputs.centreOfRow(tableNode, int(row))
         import slicer
@@ -299,13 +249,7 @@ class DetectionLogic:
     @staticmethod
     def _previousRois(tableNode) -> list:
         """The ROIs that an earlier run made for this table."""
-        from . import outputs
+        from . import detection_outputs as outputs
 
         count = tableNode.GetNumberOfNodeReferences(outputs.TABLE_ROLE_ROI)
         return [roi for roi in (tableNode.GetNthNodeReference(outputs.TABLE_ROLE_ROI, n) for n in range(count)) if roi is not None]
-
-    @staticmethod
-    def _checkOutput(inputVolume, outputSegmentation) -> None:
-        from MoNetSegmentationLib.logic import SegmentationLogic
-
-        SegmentationLogic._checkOutput(inputVolume, outputSegmentation)

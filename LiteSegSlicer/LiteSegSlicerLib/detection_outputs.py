@@ -3,8 +3,8 @@
 Segments are named "Lesion 1", "Lesion 2", ... (one per detected object, in the engine's order,
 so that segment, table row and ROI share their number), each with the SNOMED CT terminology of a
 lesion (category SCT 49755003 "Morphologically Altered Structure", type SCT 52988006 "Lesion").
-They are written by MoNetSegmentationLib's segment writer (one import per segment, on exactly the
-input volume's grid, the volume as reference geometry).
+They are written by the segment writer (`segmentation_writer`: one import per segment, on exactly
+the input volume's grid, the volume as reference geometry).
 
 The table (`TABLE_COLUMNS`) has one row per object: index, name, centre (the centroid of the
 object's voxels, RAS mm, in world coordinates, where the slice views show it), the size of the
@@ -21,11 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .shared import importMoNetLib
-
-importMoNetLib()
-from MoNetSegmentationLib import segmentation_writer  # noqa: E402
-from MoNetSegmentationLib.volume_bridge import ijkToRas, nodeLabel  # noqa: E402
+from . import segmentation_writer
+from .volume_bridge import ijkToRas, nodeLabel
 
 SEGMENT_PREFIX = "Lesion"
 LESION_LABEL = {
@@ -135,17 +132,6 @@ def createRoi(scene, detection, volumeNode, name: Optional[str] = None):
         display.SetSelectedColor(*[c / 255.0 for c in colour(detection.index)])
     roi.SetLocked(True)  # a result: not to be dragged by accident
     return roi
-
-
-def roiGeometry(roi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre, size, axes) of an ROI node in its node coordinates."""
-    import slicer
-
-    centre = np.zeros(3)
-    roi.GetCenter(centre)
-    size = np.array(roi.GetSize(), dtype=float)
-    matrix = slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())
-    return centre, size, matrix[:3, :3]
 
 
 # ---------------------------------------------------------------------- table

@@ -1,4 +1,4 @@
-"""The module's self-test body, without Qt: it needs a scene only, so it runs in Slicer
+"""LowResDetect's self-test body, without Qt: it needs a scene only, so it runs in Slicer
 (LowResDetectTest) and from pytest on slicer-core alike. Everything is built offline.
 
 The geometry self-test does not use the trained model (its output on synthetic volumes is not
@@ -27,28 +27,26 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from .shared import importMoNetLib
-
-importMoNetLib()
-from MoNetSegmentationLib import segmentation_writer, volume_bridge  # noqa: E402
-from MoNetSegmentationLib.selftest import (  # noqa: E402
+from . import detection_outputs as outputs
+from . import segmentation_writer, volume_bridge
+from .detection_logic import DetectionLogic
+from .selftest_common import (  # noqa: F401  (GEOMETRIES, dataRootWith: for the tests too)
     GEOMETRIES,
+    Log,
+    check as _check,
+    dataRootWith,
     foregroundPointsRas,
     physicalPointsLps,
     putInStudy,
     voxelIndices,
 )
-
-from . import outputs  # noqa: E402
-from .logic import DetectionLogic  # noqa: E402
-
-Log = Callable[[str], None]
 
 WINDOW = (0.0, 400.0)  # HU window of the self-test card: soft tissue 40 HU -> 0.1, lesions 300 HU -> 0.75
 LESION_HU = 300
@@ -60,11 +58,6 @@ LESION_TERMINOLOGY = ("SCT^49755003^Morphologically Altered Structure", "SCT^529
 # Two lesions (LPS centre offset from the volume centre, mm; radius, mm), far enough apart to stay
 # two detections with the default margin.
 LESIONS = (((-14.0, 8.0, -12.0), 6.0), ((12.0, -10.0, 14.0), 5.0))
-
-
-def _check(condition, message: str) -> None:
-    if not condition:
-        raise AssertionError(message)
 
 
 # ---------------------------------------------------------------------- model
@@ -154,7 +147,7 @@ def lesionImage(direction=GEOMETRIES["axial"], size=(48, 40, 36), spacing=(1.0, 
 
 # ---------------------------------------------------------------------- checks
 def checkTable(tableNode, detections) -> None:
-    """The table's columns are `outputs.TABLE_COLUMNS` and its rows the detections' values."""
+    """The table's columns are `detection_outputs.TABLE_COLUMNS` and its rows the detections' values."""
     rows = outputs.tableRows(tableNode)
     names = [tableNode.GetTable().GetColumn(c).GetName() for c in range(tableNode.GetTable().GetNumberOfColumns())]
     _check(names == [c[0] for c in outputs.TABLE_COLUMNS], f"table columns are {names}")
@@ -256,7 +249,7 @@ def runGeometrySelfTest(scene, log: Log = print, geometries=None, folder=None) -
     Returns {geometry: number of detections}."""
     from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
 
-    with tempfile.TemporaryDirectory() if folder is None else _Keep(folder) as directory:
+    with tempfile.TemporaryDirectory() if folder is None else nullcontext(folder) as directory:
         card = writeDetectorCard(directory)
         network, preprocessing = load_detector(find_lowres_card(card))
         logic = DetectionLogic()
@@ -313,16 +306,3 @@ def runBundledModelSelfTest(scene, volumesLogic, dataRoot: Path, log: Log = prin
     _check(len(dices) == 1 and dices[0] > 0.5, f"lesion Dice {dices} (one lesion annotated)")
     log(f"DeepLesion slab: {len(expected)} detection(s), lesion Dice {dices[0]:.3f}, {logic.lastStatus}")
     return dices[0]
-
-
-class _Keep:
-    """A context manager giving an existing folder (kept afterwards)."""
-
-    def __init__(self, folder) -> None:
-        self.folder = Path(folder)
-
-    def __enter__(self) -> Path:
-        return self.folder
-
-    def __exit__(self, *exc) -> None:
-        return None

@@ -1,4 +1,4 @@
-"""The module's logic without Qt: segment a volume node into a segmentation node.
+"""MoNetSegmentation's logic without Qt: segment a volume node into a segmentation node.
 
 `SegmentationLogic.process` is the scripting and batch API (blocking, like the logic of other
 Slicer AI extensions); the module widget calls it with a progress callback and a cancel flag.
@@ -16,27 +16,13 @@ Nothing here imports torch, SimpleITK or the engine's inference before `process`
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .engine import DEFAULT_MODEL, ModelInfo, availableModels, importEngine
-
-importEngine()
-from liteseg.errors import Cancelled, LiteSegError  # noqa: E402  (torch-free module)
-from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCancelled  # noqa: E402  (torch-free)
+from .models import DEFAULT_MODEL, ModelInfo, availableModels
+from .processing import Cancelled, CancelFlag, LiteSegError, ProcessRun, ProgressCallback, checkOutputSegmentation, engineMessage
 
 __all__ = ["SegmentationLogic", "Cancelled", "DEFAULT_MODEL"]
-
-# The engine's messages name its command-line options; say what to do from Python instead.
-_CLI_HINTS = {"(use --allow-non-ct to override)": "(tick 'Skip the intensity check' in the module panel, or pass allowNonCT=True to process(), to override)"}
-
-
-def engineMessage(error: Exception) -> str:
-    message = str(error)
-    for cli, python in _CLI_HINTS.items():
-        message = message.replace(cli, python)
-    return message
 
 
 class SegmentationLogic:
@@ -115,26 +101,13 @@ class SegmentationLogic:
             for a CT model, unknown model or bad weights, output under another transform, ...
         :return: the vtkMRMLSegmentationNode.
         """
-        started = time.perf_counter()
-        report = progress or (lambda fraction, message: None)
-        from . import segmentation_writer, volume_bridge
+        from . import segmentation_writer
+        from .volume_bridge import nodeLabel
 
-        volume_bridge.checkScalarVolume(inputVolume)
-        scene = inputVolume.GetScene()
-        if scene is None:
-            raise ValueError(f"input volume {volume_bridge.nodeLabel(inputVolume)} is not in a scene")
-
-        report(0.0, f"Reading {inputVolume.GetName()}")
-        timings = {}
-        image = volume_bridge.volumeToImage(inputVolume, applyParentTransform=applyParentTransform)
-        timings["read"] = time.perf_counter() - started
-        if outputSegmentation is not None:
-            self._checkOutput(inputVolume, outputSegmentation)
-
-        report(0.02, f"Loading model {model}")
-        mark = time.perf_counter()
-        network, card = self.loadModel(model)
-        timings["load"] = time.perf_counter() - mark
+        run = ProcessRun("segmentation", inputVolume, progress, cancel)
+        checkOutputSegmentation(inputVolume, outputSegmentation)
+        image = run.readVolume(applyParentTransform)
+        network, card = run.loadModel(lambda: self.loadModel(model), str(model))
         if threshold is None:
             threshold = card.threshold
         localisation = card.localisation
@@ -142,16 +115,11 @@ class SegmentationLogic:
             from liteseg.segmentation.localisation import Localisation
 
             localisation = (localisation or Localisation()) if localizeFirst else None
-        if isCancelled(cancel):
-            raise Cancelled("segmentation cancelled")
 
         from liteseg.segmentation.inference import segment_image
 
-        def engineProgress(fraction: float, message: str) -> None:
-            report(min(0.95, 0.05 + 0.9 * fraction), f"Segmenting: {message}")
-
-        try:
-            result = segment_image(
+        result = run.runEngine(
+            lambda engineProgress: segment_image(
                 image,
                 network,
                 card.preprocessing,
@@ -161,32 +129,17 @@ class SegmentationLogic:
                 localisation=localisation,
                 progress=engineProgress,
                 cancel=cancel,
-            )
-        except LiteSegError as error:
-            raise ValueError(f"cannot segment {volume_bridge.nodeLabel(inputVolume)}: {engineMessage(error)}") from error
-        timings.update(result.seconds)
-        if isCancelled(cancel):
-            raise Cancelled("segmentation cancelled")
+            ),
+            "Segmenting", 0.95, f"cannot segment {nodeLabel(inputVolume)}",
+        )
+        run.checkStillInScene(("output segmentation", outputSegmentation))
 
-        # The GUI keeps processing events while the engine runs: the nodes may be gone.
-        if inputVolume.GetScene() is not scene:
-            raise ValueError("the input volume was removed from the scene during the segmentation")
-        if outputSegmentation is not None and outputSegmentation.GetScene() is not scene:
-            raise ValueError("the output segmentation was removed from the scene during the segmentation")
-
-        report(0.95, "Writing segmentation")
-        mark = time.perf_counter()
         import SimpleITK as sitk
 
         labels = sitk.GetArrayViewFromImage(result.labelmap)
-        created = outputSegmentation is None
-        if created:
-            outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputVolume.GetName()} segmentation")
-        try:
-            if created:
-                outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            outputSegmentation.CreateDefaultDisplayNodes()  # none yet when made by a node selector
-            if created or outputSegmentation.GetSegmentation().GetNumberOfSegments() == 0:
+        with run.writing(0.95, "Writing segmentation"):
+            outputSegmentation, place = run.segmentationToWrite(outputSegmentation, f"{inputVolume.GetName()} segmentation")
+            if place:
                 segmentation_writer.placeInSubjectHierarchy(outputSegmentation, inputVolume)
             wasModifying = outputSegmentation.StartModify()
             try:
@@ -196,32 +149,10 @@ class SegmentationLogic:
                 outputSegmentation.EndModify(wasModifying)
             if show3D:
                 outputSegmentation.CreateClosedSurfaceRepresentation()
-        except Exception:
-            if created:
-                scene.RemoveNode(outputSegmentation)
-            raise
-        timings["write"] = time.perf_counter() - mark
-        timings["total"] = time.perf_counter() - started
 
-        self.lastTimings = timings
+        self.lastTimings = run.timings
         self.lastVolumeMl = result.foreground_ml
         self.lastMessage = result.message  # e.g. the localisation pass found nothing: empty segment
         self.lastModel = card
-        report(1.0, f"Completed in {timings['total']:.1f} s")
+        run.finish(f"Completed in {run.timings['total']:.1f} s")
         return outputSegmentation
-
-    @staticmethod
-    def _checkOutput(inputVolume, outputSegmentation) -> None:
-        from .volume_bridge import nodeLabel
-
-        if not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
-            raise ValueError(
-                f"output {nodeLabel(outputSegmentation)} is a {outputSegmentation.GetClassName()}, not a segmentation"
-            )
-        if outputSegmentation.GetScene() is not inputVolume.GetScene():
-            raise ValueError("the output segmentation is not in the input volume's scene")
-        if (outputSegmentation.GetTransformNodeID() or "") != (inputVolume.GetTransformNodeID() or ""):
-            raise ValueError(
-                f"output segmentation {nodeLabel(outputSegmentation)} is not under the same transform as the input "
-                f"volume {nodeLabel(inputVolume)}: the result would be misplaced; choose another output or create a new one"
-            )

@@ -80,6 +80,13 @@ def ensureTorch(onInstallStart: Optional[Callable[[], None]] = None) -> bool:
     return installOnce(_installTorch)
 
 
+def requireTorchForSelfTests() -> None:
+    """A module's "Reload and Test" without PyTorch: offer the installation first (`ensureTorch`),
+    RuntimeError when it is still missing."""
+    if not ensureTorch():
+        raise RuntimeError("the self-tests need PyTorch, which is not installed")
+
+
 def torchReadyForPanel(button, statusLabel, refresh: Callable[[], None], translate: Callable[[str], str] = str) -> bool:
     """A panel's check before it runs: `ensureTorch` with the run `button` disabled meanwhile
     (`refresh` restores it), what happens in `statusLabel`, and False at once while the other

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .engine import PANCREAS_LABEL as PANCREAS
+from .models import PANCREAS_LABEL as PANCREAS
 from .volume_bridge import ijkToRas, nodeLabel
 
 BINARY_LABELMAP = "Binary labelmap"

@@ -1,4 +1,4 @@
-"""The module's self-test body, without Qt: it needs a scene (and, for the real CT, the Volumes
+"""MoNetSegmentation's self-test body, without Qt: it needs a scene (and, for the real CT, the Volumes
 logic), so it runs in Slicer (MoNetSegmentationTest) and from pytest on slicer-core alike.
 
 - `runGeometrySelfTest`: synthetic asymmetric CT-like volumes in awkward geometries (axial,
@@ -18,16 +18,25 @@ Every check raises AssertionError with the numbers when it fails.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import segmentation_writer, volume_bridge
-from .engine import DEFAULT_MODEL
-from .logic import SegmentationLogic
-
-Log = Callable[[str], None]
+from .models import DEFAULT_MODEL
+from .segmentation_logic import SegmentationLogic
+from .selftest_common import (  # noqa: F401  (GEOMETRIES, rotation, putInStudy, dataRootWith: for the tests too)
+    GEOMETRIES,
+    Log,
+    check as _check,
+    dataRootWith,
+    foregroundPointsRas,
+    physicalPointsLps,
+    putInStudy,
+    rotation,
+    voxelIndices,
+)
 
 CUT_HU = 95.0  # the threshold network's cut: between soft tissue (40 HU) and the organ (150 HU)
 PANCREAS_TERMINOLOGY = ("SCT^123037004^Anatomical Structure", "SCT^15776009^Pancreas")
@@ -35,31 +44,7 @@ REAL_CT = "ct/pancreas_TS-A/ct.nii.gz"
 REAL_REFERENCE = "ct/pancreas_TS-A/pancreas_pred_totalseg_v1.nii.gz"
 
 
-def _check(condition, message: str) -> None:
-    if not condition:
-        raise AssertionError(message)
-
-
 # ---------------------------------------------------------------------- synthetic data
-def rotation(axis: str, degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    if axis == "x":
-        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    if axis == "y":
-        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-# Direction matrices (columns = index axes, in LPS) every run must survive.
-GEOMETRIES = {
-    "axial": np.diag([-1.0, -1.0, 1.0]),  # the usual RAS-stored CT
-    "coronal_acquired": np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
-    "oblique": rotation("x", 20) @ rotation("z", 15),
-    "left_handed": np.diag([1.0, 1.0, -1.0]),
-}
-
-
 def phantomImage(direction=GEOMETRIES["axial"], size=(24, 20, 16), spacing=(1.1, 1.4, 2.5)) -> sitk.Image:
     """An asymmetric CT-like volume (int16 HU): air, a body (40 HU), a spine (700 HU) behind and an
     off-centre 'organ' (150 HU) on the patient's left, anterior, superior side. Its physical content
@@ -83,41 +68,14 @@ def phantomImage(direction=GEOMETRIES["axial"], size=(24, 20, 16), spacing=(1.1,
     return result
 
 
-def physicalPointsLps(image: sitk.Image) -> np.ndarray:
-    """LPS coordinates of every voxel centre, shaped (k, j, i, 3)."""
-    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(image.GetSize())), indexing="ij")
-    index = np.stack([i, j, k], axis=-1).astype(float)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ direction.T
-
-
-def foregroundPointsRas(labelmap: sitk.Image) -> np.ndarray:
-    """RAS coordinates (N x 3) of the nonzero voxels of a SimpleITK labelmap."""
-    kji = np.argwhere(sitk.GetArrayViewFromImage(labelmap) != 0)
-    direction = np.array(labelmap.GetDirection()).reshape(3, 3)
-    lps = np.asarray(labelmap.GetOrigin()) + (kji[:, ::-1] * np.asarray(labelmap.GetSpacing())) @ direction.T
-    return lps @ volume_bridge.LPS_FROM_RAS.T
-
-
-def voxelIndices(pointsRas: np.ndarray, grid: sitk.Image, what: str) -> set:
-    """Voxel indices (i, j, k) of `grid` at RAS points that must be voxel centres of that grid."""
-    if len(pointsRas) == 0:
-        return set()
-    lps = pointsRas @ volume_bridge.LPS_FROM_RAS.T
-    direction = np.array(grid.GetDirection()).reshape(3, 3)
-    continuous = ((lps - np.asarray(grid.GetOrigin())) @ np.linalg.inv(direction).T) / np.asarray(grid.GetSpacing())
-    offGrid = float(np.abs(continuous - np.round(continuous)).max())
-    _check(offGrid < 1e-3, f"{what}: points are {offGrid:.4f} voxel off the input grid")
-    return set(map(tuple, np.round(continuous).astype(int)))
-
-
 def thresholdModel(cutHu: float = CUT_HU, sliceSize=(64, 64)):
     """(network, card) of a real torch network whose output is known: logit > 0 exactly where the
     CT exceeds `cutHu`, with the MoNet card's preprocessing (window [-150, 200] HU) and labels."""
     import torch
     from torch import nn
 
-    from liteseg.io.modelcard import PANCREAS_LABEL, ModelCard
+    from liteseg.io.labels import PANCREAS_LABEL
+    from liteseg.io.modelcard import ModelCard
     from liteseg.segmentation.preprocessing import Preprocessing
 
     preprocessing = Preprocessing(slice_size=tuple(sliceSize))
@@ -146,19 +104,6 @@ def thresholdModel(cutHu: float = CUT_HU, sliceSize=(64, 64)):
         },
     )
     return ThresholdNet().eval(), card
-
-
-def putInStudy(scene, node, patient: str = "Self-test patient", study: str = "Self-test study") -> int:
-    """Place a node in a patient/study branch of the subject hierarchy, as DICOM loading does."""
-    shNode = scene.GetSubjectHierarchyNode()
-    patientItem = shNode.CreateSubjectItem(shNode.GetSceneItemID(), patient)
-    studyItem = shNode.CreateStudyItem(patientItem, study)
-    item = shNode.GetItemByDataNode(node)
-    if item:
-        shNode.SetItemParent(item, studyItem)
-    else:
-        shNode.CreateItem(studyItem, node)
-    return studyItem
 
 
 # ---------------------------------------------------------------------- checks
