@@ -21,6 +21,8 @@ Nothing here imports torch, SimpleITK or the engine's detection before `process`
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -31,8 +33,10 @@ from .processing import (
     LiteSegError,
     ProcessRun,
     ProgressCallback,
+    checkModelPath,
     checkOutputSegmentation,
     checkOutputTable,
+    checkThreshold,
     engineMessage,
 )
 
@@ -83,6 +87,7 @@ class DetectionLogic:
                 if self._detectorLoader is not None:
                     self._detectors[key] = self._detectorLoader(model)
                 else:
+                    checkModelPath(model)
                     from liteseg.detection.lowres import find_lowres_card, load_detector
 
                     card = find_lowres_card(model)
@@ -120,7 +125,8 @@ class DetectionLogic:
             bundled LowRes model.
         :param threshold: probability threshold in (0, 1) of stage 1 and of the final map; None
             uses the model card's (else 0.5).
-        :param margin: box margin in low-resolution (x8) voxels, a whole number >= 0.
+        :param margin: box margin in low-resolution (x8) voxels, a whole number >= 0; a margin past
+            the volume's size gives every box the whole volume.
         :param progress: called as progress(fraction in [0, 1], message) during the run.
         :param cancel: threading.Event or callable returning True to stop; raises `Cancelled`
             and leaves the scene unchanged.
@@ -136,7 +142,8 @@ class DetectionLogic:
             engine's default.
         :param maxVoxelsStage2: largest stage-2 tile in full-resolution voxels (bounds memory);
             None: the engine's default.
-        :raises ValueError: no input, not a scalar volume, transformed volume, not a CT for a CT
+        :raises ValueError: no input, not a scalar volume (or a label map), transformed volume, input
+            or output removed from the scene during the run, not a CT for a CT
             model, no or bad model, bad threshold or margin, output under another transform, ...
         :raises Cancelled: when `cancel` was set.
         :return: DetectionOutputs(segmentationNode, tableNode, roiNodes). Finding no object is not
@@ -148,14 +155,18 @@ class DetectionLogic:
         from .volume_bridge import nodeLabel
 
         run = ProcessRun("detection", inputVolume, progress, cancel, remedies=REMEDIES)
-        if threshold is not None and not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
-        if isinstance(margin, bool) or int(margin) != margin or margin < 0:
-            raise ValueError(f"margin must be a whole number of low-resolution voxels >= 0, got {margin}")
+        checkThreshold(threshold)
+        if not isinstance(margin, numbers.Real) or isinstance(margin, bool) or not math.isfinite(margin) \
+                or int(margin) != margin or margin < 0:
+            raise ValueError(f"margin must be a whole number of low-resolution voxels >= 0, got {margin!r}: for example 1")
         checkOutputSegmentation(inputVolume, outputSegmentation)
         checkOutputTable(inputVolume, outputTable)
+        run.checkStillInScene(("output segmentation", outputSegmentation), ("output table", outputTable))  # and later
 
         image = run.readVolume(applyParentTransform)
+        # A margin past the volume's low-resolution (x8) size grows every box to the whole volume,
+        # as that size does; the engine would build a structuring element of the margin's size.
+        engineMargin = min(int(margin), max(math.ceil(n / 8) for n in image.GetSize()))
         network, preprocessing, card = run.loadModel(lambda: self.loadDetector(model), str(model or "(bundled LowRes model)"))
         if threshold is None:
             threshold = float(card.data.get("output", {}).get("threshold", 0.5))
@@ -168,7 +179,7 @@ class DetectionLogic:
                 network,
                 preprocessing,
                 threshold=float(threshold),
-                margin=int(margin),
+                margin=engineMargin,
                 max_voxels_stage1=int(maxVoxelsStage1 or DEFAULT_MAX_VOXELS_STAGE1),
                 max_voxels_stage2=int(maxVoxelsStage2 or DEFAULT_MAX_VOXELS_STAGE2),
                 allow_non_ct=bool(allowNonCT),

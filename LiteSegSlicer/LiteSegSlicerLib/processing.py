@@ -32,7 +32,8 @@ importEngine()
 from liteseg.errors import Cancelled, LiteSegError  # noqa: E402  (torch-free module)
 from liteseg.progress import CancelFlag, ProgressCallback, is_cancelled as isCancelled  # noqa: E402,F401  (torch-free)
 
-__all__ = ["Cancelled", "ProcessRun", "engineMessage", "checkOutputSegmentation", "checkOutputTable"]
+__all__ = ["Cancelled", "ProcessRun", "engineMessage", "checkOutputSegmentation", "checkOutputTable", "checkThreshold",
+           "checkModelPath"]
 
 # How the modules word the engine's remedies (`liteseg.errors.Remedy`: the engine parameter that
 # fixes or overrides a problem), keyed by (parameter, value): the panel's control and process()'s
@@ -52,19 +53,59 @@ def engineMessage(error: Exception, remedies: Optional[dict] = None) -> str:
     return getattr(error, "message", str(error)) + wording.format(value=remedy.value, effect=remedy.effect)
 
 
+def checkThreshold(threshold) -> None:
+    """ValueError unless `threshold` is None or a number strictly between 0 and 1 (NaN is not)."""
+    if threshold is None:
+        return
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(threshold, bool) or value is None or not 0.0 < value < 1.0:
+        raise ValueError(
+            f"threshold must be between 0 and 1 (exclusive), got {threshold!r}: give a probability such as 0.5, "
+            "or None for the model card's"
+        )
+
+
+def checkModelPath(model) -> None:
+    """ValueError when `model` names a model card file (a path, or a name ending in .json) that
+    does not exist: the engine would report it as an unknown bundled model name."""
+    if model is None:
+        return
+    from pathlib import Path
+
+    if (isinstance(model, Path) or str(model).lower().endswith(".json")) and not Path(model).is_file():
+        raise ValueError(
+            f"model card not found: {model} (no such file): choose an existing model card (.json) or a bundled model"
+        )
+
+
 def checkOutputSegmentation(inputVolume, outputSegmentation) -> None:
     """ValueError unless `outputSegmentation` (None: to be created) is a segmentation node in the
-    input volume's scene, under the same transform as the volume."""
+    input volume's scene, under the same transform as the volume, that holds no segment or is
+    edited as a binary labelmap (checked before any work, so that a refused output is untouched)."""
     if outputSegmentation is None:
         return
+    from .segmentation_writer import BINARY_LABELMAP, sourceRepresentationName
     from .volume_bridge import nodeLabel
 
     if not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
         raise ValueError(
-            f"output {nodeLabel(outputSegmentation)} is a {outputSegmentation.GetClassName()}, not a segmentation"
+            f"output {nodeLabel(outputSegmentation)} is a {outputSegmentation.GetClassName()}, not a segmentation: "
+            "choose a segmentation node as output or create a new one"
         )
     if outputSegmentation.GetScene() is not inputVolume.GetScene():
-        raise ValueError("the output segmentation is not in the input volume's scene")
+        raise ValueError(
+            f"the output segmentation {nodeLabel(outputSegmentation)} is not in the input volume's scene "
+            "(removed, or from another scene): choose a segmentation of this scene or create a new one"
+        )
+    segmentation = outputSegmentation.GetSegmentation()
+    if segmentation.GetNumberOfSegments() and sourceRepresentationName(segmentation) != BINARY_LABELMAP:
+        raise ValueError(
+            f"segmentation {nodeLabel(outputSegmentation)} is edited as '{sourceRepresentationName(segmentation)}', "
+            "not as a binary labelmap: choose another output segmentation or create a new one"
+        )
     if (outputSegmentation.GetTransformNodeID() or "") != (inputVolume.GetTransformNodeID() or ""):
         raise ValueError(
             f"output segmentation {nodeLabel(outputSegmentation)} is not under the same transform as the input "
@@ -81,7 +122,10 @@ def checkOutputTable(inputVolume, outputTable) -> None:
     if not outputTable.IsA("vtkMRMLTableNode"):
         raise ValueError(f"output table {nodeLabel(outputTable)} is a {outputTable.GetClassName()}, not a table")
     if outputTable.GetScene() is not inputVolume.GetScene():
-        raise ValueError("the output table is not in the input volume's scene")
+        raise ValueError(
+            f"the output table {nodeLabel(outputTable)} is not in the input volume's scene "
+            "(removed, or from another scene): choose a table of this scene or create a new one"
+        )
 
 
 class ProcessRun:
@@ -104,11 +148,19 @@ class ProcessRun:
         self.remedies = remedies or {}
         self.timings: dict[str, float] = {}
         self.created: list = []  # the nodes this run added to the scene, removed if it fails
+        self.outputs: tuple = ()  # the (what, node) outputs checked by checkStillInScene
         checkScalarVolume(inputVolume)
+        if inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(
+                f"input volume {nodeLabel(inputVolume)} is a label map, not an image: select the image volume "
+                "(for example the CT) it was drawn on"
+            )
         self.inputVolume = inputVolume
         self.scene = inputVolume.GetScene()
         if self.scene is None:
-            raise ValueError(f"input volume {nodeLabel(inputVolume)} is not in a scene")
+            raise ValueError(
+                f"input volume {nodeLabel(inputVolume)} is not in a scene: add it to the scene or select a volume of the scene"
+            )
 
     def message(self, error: Exception) -> str:
         return engineMessage(error, self.remedies)
@@ -132,16 +184,19 @@ class ProcessRun:
         mark = time.perf_counter()
         loaded = load()
         self.timings["load"] = time.perf_counter() - mark
+        self._checkInScene(self.outputs)
         self.checkCancelled()
         return loaded
 
     def runEngine(self, run: Callable[[ProgressCallback], object], verb: str, end: float, failure: str):
         """`run(progress)`, an engine call whose progress is reported between 0.05 and `end` as
         "<verb>: <message>"; its LiteSegError becomes ValueError("<failure>: <message>"). The
-        result's `seconds` join the timings; then a cancel check."""
+        result's `seconds` join the timings; then a cancel check. An input volume removed from the
+        scene during a progress report stops the engine with a ValueError."""
 
         def engineProgress(fraction: float, message: str) -> None:
             self.report(min(end, 0.05 + (end - 0.05) * fraction), f"{verb}: {message}")
+            self._checkInScene(self.outputs)  # the report may process GUI events: stop if the input is gone
 
         try:
             result = run(engineProgress)
@@ -154,15 +209,25 @@ class ProcessRun:
     def checkStillInScene(self, *nodes: tuple) -> None:
         """The input volume and the given (what, node) outputs are still in the scene: the GUI keeps
         processing events while the engine runs, so the nodes may be gone."""
+        self.outputs = nodes
+        self._checkInScene(nodes)
+
+    def _checkInScene(self, nodes) -> None:
         for what, node in (("input volume", self.inputVolume), *nodes):
             if node is not None and node.GetScene() is not self.scene:
-                raise ValueError(f"the {what} was removed from the scene during the {self.task}")
+                raise ValueError(
+                    f"the {what} was removed from the scene during the {self.task}: nothing was written; "
+                    f"select the {what} again and rerun"
+                )
 
     @contextmanager
     def writing(self, fraction: float, message: str):
         """The writing step: timed; on any error the nodes this run created are removed (the
-        user's own nodes are never removed) and the error goes on."""
+        user's own nodes are never removed) and the error goes on. The progress report may process
+        GUI events (a Cancel, a node deleted, the scene closed): checked again after it."""
         self.report(fraction, message)
+        self.checkStillInScene(*self.outputs)
+        self.checkCancelled()
         mark = time.perf_counter()
         try:
             yield

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .models import DEFAULT_MODEL, ModelInfo, availableModels
-from .processing import Cancelled, CancelFlag, LiteSegError, ProcessRun, ProgressCallback, checkOutputSegmentation, engineMessage
+from .processing import (
+    Cancelled,
+    CancelFlag,
+    LiteSegError,
+    ProcessRun,
+    ProgressCallback,
+    checkModelPath,
+    checkOutputSegmentation,
+    checkThreshold,
+    engineMessage,
+)
 
 __all__ = ["SegmentationLogic", "Cancelled", "DEFAULT_MODEL"]
 
@@ -53,6 +63,7 @@ class SegmentationLogic:
         if key not in self._models:
             loader = self._modelLoader
             if loader is None:
+                checkModelPath(model)
                 from liteseg.segmentation.inference import load_model as loader
             try:
                 self._models[key] = loader(model)
@@ -97,7 +108,8 @@ class SegmentationLogic:
         :param localizeFirst: run a coarse pass over every few slices first and segment only the
             region it finds (several times faster); None uses the model card's choice (on for the
             bundled pancreas model, whose card records the check against full-volume inference).
-        :raises ValueError: no input, not a scalar volume, not 3D, transformed volume, not a CT
+        :raises ValueError: no input, not a scalar volume (or a label map), not 3D, transformed
+            volume, input or output removed from the scene during the run, bad threshold, not a CT
             for a CT model, unknown model or bad weights, output under another transform, ...
         :return: the vtkMRMLSegmentationNode.
         """
@@ -105,7 +117,9 @@ class SegmentationLogic:
         from .volume_bridge import nodeLabel
 
         run = ProcessRun("segmentation", inputVolume, progress, cancel)
+        checkThreshold(threshold)
         checkOutputSegmentation(inputVolume, outputSegmentation)
+        run.checkStillInScene(("output segmentation", outputSegmentation))  # and at every later step
         image = run.readVolume(applyParentTransform)
         network, card = run.loadModel(lambda: self.loadModel(model), str(model))
         if threshold is None:

@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from liteseg.io.data import data_root
 from liteseg.detection.lowres import detect_image, find_lowres_card, load_detector
+from liteseg.io.data import data_root
 
 SLAB = "ct/lesions_DeepLesion/CT_Lesion_000001_02_01_008-023_img_uint8.nii.gz"
 

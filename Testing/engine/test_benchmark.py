@@ -1,5 +1,6 @@
 """The benchmark's bookkeeping (FLOP counts, table); its timings are printed, never asserted."""
 
+import numpy as np
 import pytest
 
 from liteseg.benchmarks.segmentation import NetworkRow, flops_per_slice, format_network_table, time_slices
@@ -33,3 +34,68 @@ def test_time_slices_runs_every_batch_including_a_short_last_one():
     seconds = time_slices(network, n_slices=7, batch_size=3, repeats=2)
     assert len(seconds) == 2
     assert seen == [3] + [3, 3, 1] * 2  # warm-up batch, then two runs of 3 + 3 + 1 slices
+
+
+def test_time_to_cancel_times_the_run_its_longest_report_gap_and_the_return_after_a_click():
+    import threading
+    import time
+
+    from liteseg.benchmarks.cancel import time_to_cancel
+    from liteseg.errors import Cancelled
+
+    def run(progress, cancel: threading.Event, steps: int = 10) -> None:
+        for step in range(1, steps + 1):
+            time.sleep(0.2 if step == 5 else 0.02)  # one long step
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            progress(step / steps, f"step {step}")
+
+    row = time_to_cancel("toy", run, at=0.5)
+    assert row.job == "toy" and 0.35 <= row.seconds < 1.0
+    assert 0.19 <= row.longest_gap < 0.5  # the long step
+    assert row.at == 0.5 and row.to_return is not None and 0.0 <= row.to_return <= row.longest_gap + 0.05
+    ended = time_to_cancel("short", lambda progress, cancel: None, at=0.5)
+    assert ended.to_return is None and ended.longest_gap == ended.seconds
+
+
+def test_peer_windows_cover_the_volume_at_most_a_step_apart_and_weigh_the_centre_most():
+    from liteseg.benchmarks.peer import gaussian_importance, window_steps
+
+    assert window_steps(100, 128) == [0] and window_steps(128, 128) == [0]
+    for size, patch in ((300, 128), (129, 112), (1000, 112)):
+        starts = window_steps(size, patch)
+        assert starts[0] == 0 and starts[-1] == size - patch
+        assert max(np.diff(starts)) <= 0.8 * patch + 1 and len(starts) == len(set(starts))
+    weights = gaussian_importance((9, 7, 11))
+    assert weights.shape == (9, 7, 11) and float(weights.max()) == pytest.approx(10.0)
+    assert float(weights[4, 3, 5]) == pytest.approx(10.0) and float(weights.min()) > 0
+    assert float(weights[0, 3, 5]) < float(weights[2, 3, 5]) < float(weights[4, 3, 5])
+
+
+def test_peer_sliding_window_equals_one_pass_where_one_window_covers_and_pads_small_volumes():
+    import torch
+
+    from liteseg.benchmarks import peer
+
+    class Classes(torch.nn.Module):  # position-independent: every window sees the same per-voxel logits
+        def forward(self, x):
+            return torch.cat([x * k for k in torch.linspace(-1, 1, peer.CLASSES)], dim=1)
+
+    volume = torch.linspace(-1, 1, 6 * 5 * 7).reshape(6, 5, 7)
+    labels, windows = peer.sliding_window_labels(Classes(), volume, patch=(4, 4, 4))
+    expected = torch.where(volume > 0, peer.CLASSES - 1, 0).numpy()
+    assert windows == 8 and labels.shape == (6, 5, 7)
+    np.testing.assert_array_equal(labels[volume.numpy() != 0], expected[volume.numpy() != 0])
+    small, windows = peer.sliding_window_labels(Classes(), volume[:2, :3, :3], patch=(4, 4, 4))
+    assert windows == 1 and small.shape == (2, 3, 3)
+
+
+def test_without_dynamic_network_architectures_the_peer_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from liteseg.benchmarks.peer import peer_network
+    from liteseg.errors import LiteSegError
+
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures.architectures.unet", None)
+    with pytest.raises(LiteSegError, match=r"pip install --no-deps dynamic_network_architectures==0.4.4 einops"):
+        peer_network()

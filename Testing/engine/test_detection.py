@@ -388,16 +388,34 @@ def test_stage2_reports_progress_and_honours_cancel_between_convolutions():
     convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in LowResStage2().modules())
     assert len(stage2) >= convolutions  # once per tile, then before every convolution
     calls = []
+    stage1_checks = sum(isinstance(m, torch.nn.Conv3d) for m in LowResStage1().modules())
 
     def cancel_in_stage2() -> bool:
         calls.append(len(reports))
-        return len(calls) > 8  # the first checks pass (stage 1, tile start, first convolutions)
+        return len(calls) > stage1_checks + 8  # the first checks pass (stage 1's, tile start, first convolutions)
 
     reports.clear()
     with pytest.raises(Cancelled):
         detect_image(grey_image(array), hybrid_network(), GREY, cancel=cancel_in_stage2,
                      progress=lambda f, m: reports.append((f, m)))
     assert reports[-1][1].startswith("stage 2") and reports[-1][0] < 1.0
+
+
+@pytest.mark.parametrize("max_voxels", [10**9, 50_000])  # one tile, several
+def test_stage1_reports_progress_and_honours_cancel_before_every_convolution(max_voxels):
+    network = random_network(2)
+    volume = torch.rand(1, 1, 240, 16, 16, generator=torch.Generator().manual_seed(3))
+    tiles = len(plan_tiles([n // 8 for n in volume.shape[2:]], max_voxels))
+    convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in network.stage1.modules())
+    reports = []
+    with torch.inference_mode():
+        stage1_features(network.stage1, volume, max_voxels, progress=lambda f, m: reports.append(f))
+    assert len(reports) == tiles * convolutions + 1 and reports == sorted(reports) and reports[-1] == 1.0
+    checks = []
+    with pytest.raises(Cancelled), torch.inference_mode():
+        stage1_features(network.stage1, volume, max_voxels, cancel=lambda: checks.append(1) or len(checks) > 3)
+    assert len(checks) == 4  # stopped at the fourth convolution
+    assert not any(m._forward_pre_hooks for m in network.stage1.modules())
 
 
 def test_before_each_convolution_removes_its_hooks():

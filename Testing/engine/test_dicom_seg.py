@@ -83,3 +83,18 @@ def test_without_highdicom_the_error_says_how_to_install_it(tmp_path, monkeypatc
     with pytest.raises(LiteSegError, match=r"pip install 'liteseg\[dicom\]'"):
         segment_file(tmp_path / "series", tmp_path / "seg.nii.gz", dicom_seg=tmp_path / "seg.dcm", allow_non_ct=True)
     assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_the_series_folder_is_scanned_once_for_the_labelmap_and_the_seg(tmp_path, sample_ct_path, monkeypatch):
+    from liteseg.io import dicom_series
+
+    ct = sitk.Cast(sitk.ReadImage(str(sample_ct_path)), sitk.sitkInt16)
+    write_dicom_series(ct, tmp_path / "ct")
+    scans = []
+    original = dicom_series.series_files
+    monkeypatch.setattr(dicom_series, "series_files", lambda *args: scans.append(args) or original(*args))
+    monkeypatch.setattr("liteseg.segmentation.inference.series_files", dicom_series.series_files)
+    segment_file(tmp_path / "ct", tmp_path / "seg.nii.gz", dicom_seg=tmp_path / "seg.dcm")
+    assert len(scans) == 1
+    labelmap = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
+    np.testing.assert_array_equal(frames_by_source(tmp_path / "seg.dcm", original(tmp_path / "ct")), labelmap)

@@ -108,6 +108,15 @@ def other_network_weights(data: dict, folder: Path) -> None:
     data["sha256"] = sha256_file(folder / data["weights"])
 
 
+def truncated_weights_rehashed(data: dict, folder: Path) -> None:
+    """A broken export: the weights cut short and the card's checksum made to match them."""
+    from liteseg.io.modelcard import sha256_file
+
+    weights = folder / data["weights"]
+    weights.write_bytes(weights.read_bytes()[:500])
+    data["sha256"] = sha256_file(weights)
+
+
 def invalid_json(folder: Path) -> list[str]:
     sitk.WriteImage(ct(), str(folder / "input.nrrd"))
     (folder / "card.json").write_text("{ not json")
@@ -159,6 +168,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "weights missing": (bad_card(lambda data, folder: (folder / data["weights"]).unlink()), "weights file missing"),
     "weights tampered": (bad_card(tamper), "does not match its model card"),
     "weights of another network": (bad_card(other_network_weights), "do not fit network"),
+    "weights cut short, checksum matching": (bad_card(truncated_weights_rehashed), "cannot be read: damaged"),
     "card without its labels": (bad_card(lambda data, folder: data.pop("labels")), "labels"),
     "card of an unknown network": (bad_card(lambda data, folder: data.update(network="no_such_net")), "no_such_net"),
     "card not JSON": (invalid_json, "card"),

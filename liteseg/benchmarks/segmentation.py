@@ -7,7 +7,6 @@ with the machine and its load: compare ratios measured in the same run.
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import statistics
 import tempfile
 import time
@@ -21,6 +20,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from liteseg.benchmarks.cancel import cancel_rows, format_cancel_table
+from liteseg.benchmarks.memory import peak_rss_mb
+from liteseg.benchmarks.peer import bench_peer, format_peer_table
+from liteseg.errors import LiteSegError
 from liteseg.models import build_model
 from liteseg.models.params import state_dict_megabytes
 from liteseg.segmentation.localisation import Localisation
@@ -173,15 +176,6 @@ def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, q
     queue.put(JobRow(setting, seconds, peak_mb, score, fraction))
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (VmHWM: unlike ru_maxrss, not inherited from
-    the parent across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
-
-
 def bench_job(ct_path: Path, reference_path: Path, setting: JobSetting, threads: int) -> JobRow:
     """Per-stage seconds, peak RSS and Dice of one job with the bundled model, in a fresh process."""
     context = multiprocessing.get_context("spawn")
@@ -227,9 +221,11 @@ def run_bench(
     threads: Optional[int] = None,
     end_to_end: bool = True,
     log: Callable[[str], None] = lambda table: None,
+    memory_slices: int = 1500,
 ) -> None:
-    """Measure the network table, then the whole job three ways on a 512x512x150 CT, then the
-    default job's memory on a 512x512x600 CT; each table goes to `log` when done (the CLI prints)."""
+    """Measure the network table, then the whole job three ways on a 512x512x150 CT, the time from
+    cancel to return on it, and the memory of the fast settings on a 512x512x`memory_slices` CT;
+    each table goes to `log` when done (the CLI prints)."""
     from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
 
     threads = threads or torch.get_num_threads()
@@ -247,9 +243,19 @@ def run_bench(
         log("\nSegment pancreas, 512x512x150 CT (the sample CT resampled), bundled MoNet, read to write, "
                "fresh process each; Dice against the resampled reference:")
         log(format_job_table(rows))
-        big_ct, big_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 600))
-        rows = [bench_job(big_ct, big_reference, setting, threads) for setting in JOB_SETTINGS[::2]]
-        log("\nMemory, 512x512x600 CT (the sample CT resampled):")
+        default = rows[-1]
+        try:
+            peer = bench_peer(str(job_ct), threads)
+        except LiteSegError as error:
+            log(f"\nPeer not measured: {error.message}")
+        else:
+            log("\nThe peer on the same CT, same threads:")
+            log(format_peer_table(peer, default.total, default.seconds["inference"] + default.seconds.get("localise", 0.0)))
+        log("\nTime from cancel to return (engine; the flag set by a timer at 40 % of the run):")
+        log(format_cancel_table(cancel_rows(sitk.ReadImage(str(job_ct)))))
+        big_ct, big_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, memory_slices))
+        rows = [bench_job(big_ct, big_reference, setting, threads) for setting in JOB_SETTINGS[1:]]
+        log(f"\nMemory, 512x512x{memory_slices} CT (the sample CT resampled; target: peak at most 2 GB):")
         log(format_job_table(rows))
         log("\nLocalisation against full-volume inference (fast backend), real cases:")
         log(format_localisation_table(localisation_check(ct_path, reference_path, job_ct, job_reference)))

@@ -213,7 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from liteseg.benchmarks.segmentation import run_bench
 
-    run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end, log=print)
+    run_bench(args.networks, args.slices, args.batch_size, args.repeats, args.threads, not args.no_end_to_end, log=print,
+              memory_slices=args.memory_slices)
     return 0
 
 
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=30, help="slices per forward pass (default 30)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (default 3)")
     bench.add_argument("--no-end-to-end", action="store_true", help="skip the 512x512x150 CT job")
+    bench.add_argument("--memory-slices", type=int, default=1500, metavar="N",
+                       help="slices of the 512x512 CT whose peak memory is measured (default 1500)")
     bench.set_defaults(run=cmd_bench)
 
     bench_detection = commands.add_parser(

@@ -75,32 +75,43 @@ def stage1_features(
 ) -> LowResFeatures:
     """Stage 1 on a (1, 1, D, H, W) volume, in overlapping tiles aligned to multiples of 8 when
     it has more than `max_voxels` voxels; each tile's central part is stitched into every level,
-    which equals the untiled pass up to float rounding. `stage1` must be in eval mode."""
+    which equals the untiled pass up to float rounding. `stage1` must be in eval mode. Progress
+    is reported and `cancel` checked before every convolution, so that even one large tile
+    neither freezes a GUI nor ignores Cancel."""
     spatial = tuple(volume.shape[2:])
     tiles = plan_tiles([-(-n // 8) for n in spatial], max_voxels)
-    if len(tiles) == 1:
+    convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in stage1.modules())
+    state = {"tile": 0, "convolution": 0}
+
+    def checkpoint() -> None:
         if is_cancelled(cancel):
             raise Cancelled("detection cancelled")
-        features = stage1(volume)
         if progress is not None:
-            progress(1.0, "stage 1")
-        return features
-    stitched: dict[str, torch.Tensor] = {}
-    for number, (core, tile) in enumerate(tiles, 1):
-        if is_cancelled(cancel):
-            raise Cancelled("detection cancelled")
-        part = stage1(volume[(..., *(slice(a * 8, b * 8) for a, b in zip(tile.start, tile.stop)))])
-        for name, factor in _LEVEL_FACTOR.items():
-            level = getattr(part, name)
-            if name not in stitched:
-                sizes = [-(-n * factor // 8) for n in spatial]
-                stitched[name] = level.new_empty((*level.shape[:2], *sizes))
-            target = stitched[name]
-            ends = [min(b * factor, n) for b, n in zip(core.stop, target.shape[2:])]
-            source = tuple(slice((c - t) * factor, e - t * factor) for c, t, e in zip(core.start, tile.start, ends))
-            target[(..., *(slice(c * factor, e) for c, e in zip(core.start, ends)))] = level[(..., *source)]
+            done = (state["tile"] + state["convolution"] / convolutions) / len(tiles)
+            progress(done, f"stage 1 tile {state['tile'] + 1}/{len(tiles)}" if len(tiles) > 1 else "stage 1")
+        state["convolution"] += 1
+
+    with before_each_convolution(stage1, checkpoint):
+        if len(tiles) == 1:
+            features = stage1(volume)
+            if progress is not None:
+                progress(1.0, "stage 1")
+            return features
+        stitched: dict[str, torch.Tensor] = {}
+        for number, (core, tile) in enumerate(tiles):
+            state["tile"], state["convolution"] = number, 0
+            part = stage1(volume[(..., *(slice(a * 8, b * 8) for a, b in zip(tile.start, tile.stop)))])
+            for name, factor in _LEVEL_FACTOR.items():
+                level = getattr(part, name)
+                if name not in stitched:
+                    sizes = [-(-n * factor // 8) for n in spatial]
+                    stitched[name] = level.new_empty((*level.shape[:2], *sizes))
+                target = stitched[name]
+                ends = [min(b * factor, n) for b, n in zip(core.stop, target.shape[2:])]
+                source = tuple(slice((c - t) * factor, e - t * factor) for c, t, e in zip(core.start, tile.start, ends))
+                target[(..., *(slice(c * factor, e) for c, e in zip(core.start, ends)))] = level[(..., *source)]
         if progress is not None:
-            progress(number / len(tiles), f"stage 1 tile {number}/{len(tiles)}")
+            progress(1.0, f"stage 1 tile {len(tiles)}/{len(tiles)}")
     return LowResFeatures(volume, **stitched)
 
 

@@ -47,10 +47,11 @@ def _listing(folder: Path, uids: Sequence[str]) -> str:
     return "; ".join(entries)
 
 
-def read_dicom_series(folder: Path, series: Optional[str] = None) -> sitk.Image:
-    """The chosen series as one volume, after `check_slice_positions` on its files' tags."""
+def read_dicom_series(folder: Path, series: Optional[str] = None, files: Optional[list[str]] = None) -> sitk.Image:
+    """The chosen series as one volume, after `check_slice_positions` on its files' tags; `files`:
+    the series' files when the caller has them already (`series_files`), so the folder is not scanned again."""
     reader = sitk.ImageSeriesReader()
-    files = series_files(folder, series)
+    files = files if files is not None else series_files(folder, series)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()

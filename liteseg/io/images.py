@@ -43,15 +43,16 @@ def label_mask(array: np.ndarray, label_values: Iterable[int] | None = None) -> 
     return array != 0 if label_values is None else np.isin(array, list(label_values))
 
 
-def read_image(path: str | Path, series: Optional[str] = None) -> sitk.Image:
+def read_image(path: str | Path, series: Optional[str] = None, series_file_names: Optional[list[str]] = None) -> sitk.Image:
     """Read an image file, checked complete first (`file_integrity`), or a DICOM series folder
-    (`dicom_series`: its only series, or the one with UID `series`; slice positions checked)."""
+    (`dicom_series`: its only series, or the one with UID `series`, or the files
+    `series_file_names` of `dicom_series.series_files` when known; slice positions checked)."""
     path = Path(path)
     if not path.exists():
         raise LiteSegError(f"input not found: {path}")
     try:
         if path.is_dir():
-            return read_dicom_series(path, series)
+            return read_dicom_series(path, series, series_file_names)
         check_file_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -81,10 +82,11 @@ def check_volume(image: sitk.Image, what: str = "input", single_slice: bool = Fa
         raise InvalidImageError(f"{what} has size {size[:3]}: {kind}; {model}")
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidImageError(f"{what} contains NaN or infinite voxel values")
+        raise InvalidImageError(f"{what} contains NaN or infinite voxel values: not an image a model can read; "
+                                "check the file or the conversion that produced it")
     low, high = float(array.min()), float(array.max())
     if low == high:
-        raise InvalidImageError(f"{what} is empty: every voxel has the value {low:g}")
+        raise InvalidImageError(f"{what} is empty: every voxel has the value {low:g}; select the volume that holds the scan")
 
 
 def as_3d(image: sitk.Image) -> sitk.Image:

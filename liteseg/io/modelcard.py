@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -165,8 +166,12 @@ def load_network(card: ModelCard) -> "nn.Module":
     network = build_model(card.network, **card.data.get("network_options", {}))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise WeightsError(f"weights file {weights} cannot be read: damaged or not a PyTorch state_dict "
+                           f"({str(error).splitlines()[0][:80]}); reinstall or retrain") from None
+    try:
         network.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise WeightsError(f"weights {weights} do not fit network {card.network!r}: {str(error).splitlines()[0]}") from None
     return network.eval()
 

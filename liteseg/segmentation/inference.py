@@ -18,6 +18,7 @@ from torch import nn
 
 from liteseg.components import largest_component
 from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
+from liteseg.io.dicom_series import series_files
 from liteseg.io.geometry import slice_orientation
 from liteseg.io.images import (
     as_3d,
@@ -281,7 +282,8 @@ def segment_file(
         require_highdicom()
     network, card = load_model(model)
     started = time.perf_counter()
-    image = read_image(input_path, series)
+    files = series_files(input_path, series) if dicom_seg is not None else None  # scanned once, for both
+    image = read_image(input_path, series, files)
     read_seconds = time.perf_counter() - started
     result = segment_image(image, network, card.preprocessing, **with_card_defaults(card, options))
     started = time.perf_counter()
@@ -289,10 +291,9 @@ def segment_file(
     result.seconds = {"read": read_seconds, **result.seconds, "write": time.perf_counter() - started}
     if dicom_seg is not None:
         from liteseg.io.dicom_seg import write_dicom_seg
-        from liteseg.io.dicom_series import series_files
 
         started = time.perf_counter()
-        write_dicom_seg(result.labelmap, series_files(input_path, series), card, dicom_seg, overwrite)
+        write_dicom_seg(result.labelmap, files, card, dicom_seg, overwrite)
         result.seconds["dicom_seg"] = time.perf_counter() - started
     return result
 
