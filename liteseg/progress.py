@@ -21,8 +21,6 @@ def is_cancelled(cancel: CancelFlag) -> bool:
 class Bar(Protocol):
     """What the trainers use of a progress bar (a tqdm bar has it all)."""
 
-    n: int
-
     def update(self, count: int = 1) -> None: ...
 
     def set_postfix(self, **values: object) -> None: ...

@@ -22,15 +22,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import segmentation_writer
+from .paths import importEngine
 from .volume_bridge import ijkToRas, nodeLabel
 
-SEGMENT_PREFIX = "Lesion"
-LESION_LABEL = {
-    "value": 1,
-    "name": SEGMENT_PREFIX,
-    "category": {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"},
-    "type": {"scheme": "SCT", "code": "52988006", "meaning": "Lesion"},
-}
+importEngine()
+from liteseg.io.labels import LESION_LABEL  # noqa: E402  (torch-free; the engine's terminology of a lesion)
+
+SEGMENT_PREFIX = LESION_LABEL["name"]  # "Lesion"; segment N is "Lesion N"
 # Distinct colours (0-255), cycled; segment N and ROI N get the same one.
 PALETTE = (
     (230, 80, 60), (60, 160, 230), (240, 200, 40), (120, 200, 90),

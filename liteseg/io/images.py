@@ -31,10 +31,6 @@ def case_name(path: Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and image_suffix(path) != ""
-
-
 def label_mask(array: np.ndarray, label_values: Iterable[int] | None = None) -> np.ndarray:
     """Boolean foreground of a label array: values in `label_values` (None: nonzero), after
     rounding float label files (often float64 0/1)."""
