@@ -72,7 +72,7 @@ def test_slicer_cmake_puts_the_bundled_files_where_pip_does_in_build_tree_and_in
     data lookup: CMake copies Resources/Models into `liteseg/bundled_models` beside the compiled engine."""
     text = (ROOT / "CMakeLists.txt").read_text()
     lib = "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"
-    assert "file(GLOB LITESEG_MODEL_FILES RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} Resources/Models/*)" in text
+    assert "file(GLOB LITESEG_MODEL_FILES LIST_DIRECTORIES false RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} Resources/Models/*)" in text
     assert f"DESTINATION_DIR ${{CMAKE_BINARY_DIR}}/{lib}" in text  # the engine's build copy
     copy = re.search(r"configure_file\(\$\{model_file\} (\S+) COPYONLY\)", text)
     assert copy and copy.group(1) == f"${{CMAKE_BINARY_DIR}}/{lib}/liteseg/bundled_models/${{model_name}}"
