@@ -35,13 +35,18 @@ CLASSES = 118
 INSTALL = "pip install --no-deps dynamic_network_architectures==0.4.4 einops"
 
 
-def peer_network() -> torch.nn.Module:
-    """The TotalSegmentator `--fast` network with random weights, in eval mode."""
+def plain_conv_unet() -> type:
+    """nnU-Net's PlainConvUNet class; LiteSegError saying how to install it when it is missing."""
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
     except ImportError:
         raise LiteSegError(f"the peer benchmark needs dynamic_network_architectures, which is not installed ({INSTALL})") from None
-    return PlainConvUNet(
+    return PlainConvUNet
+
+
+def peer_network() -> torch.nn.Module:
+    """The TotalSegmentator `--fast` network with random weights, in eval mode."""
+    return plain_conv_unet()(
         input_channels=1, n_stages=5, features_per_stage=(32, 64, 128, 256, 320), conv_op=torch.nn.Conv3d,
         kernel_sizes=3, strides=(1, 2, 2, 2, 2), n_conv_per_stage=2, num_classes=CLASSES, n_conv_per_stage_decoder=2,
         conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
@@ -140,7 +145,7 @@ def peer_job(ct_path: str, threads: int, queue) -> None:
 
 def bench_peer(ct_path: str, threads: int) -> PeerRow:
     """`peer_job` in a fresh process (its peak memory its own)."""
-    peer_network()  # a missing dependency is said here, not in the child
+    plain_conv_unet()  # a missing dependency is said here, not in the child
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=peer_job, args=(str(ct_path), threads, queue))

@@ -26,7 +26,8 @@ def describe(error: LiteSegError) -> str:
     if remedy is None:
         return error.message
     flag = "--" + remedy.parameter.replace("_", "-") + ("" if remedy.value == "True" else f" {remedy.value}")
-    return f"{error.message} (use {flag} {remedy.effect})".replace(" )", ")")
+    hint = f"use {flag} {remedy.effect}".rstrip()
+    return f"{error.message} ({hint})"
 
 
 def _format_seconds(seconds: dict[str, float]) -> str:
