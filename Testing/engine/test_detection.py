@@ -25,7 +25,6 @@ from conftest import GEOMETRIES, phantom_image, physical_grid
 from liteseg.cli.detect import configure_detect_parser, run_detect
 from liteseg.components import Box
 from liteseg.detection.lowres import (
-    before_each_convolution,
     detect_image,
     find_lowres_card,
     grown_cells,
@@ -33,6 +32,7 @@ from liteseg.detection.lowres import (
     stage1_features,
     upsampled_logits,
 )
+from liteseg.detection.interruptible import interruptible_convolutions
 from liteseg.detection.preprocessing import DetectionPreprocessing
 from liteseg.detection.results import DETECTION_CSV_COLUMNS, default_csv_path, write_detections_csv
 from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
@@ -418,11 +418,39 @@ def test_stage1_reports_progress_and_honours_cancel_before_every_convolution(max
     assert not any(m._forward_pre_hooks for m in network.stage1.modules())
 
 
-def test_before_each_convolution_removes_its_hooks():
-    stage2, calls = LowResStage2(), []
-    with before_each_convolution(stage2, lambda: calls.append(1)):
-        pass
-    assert not any(m._forward_pre_hooks for m in stage2.modules())
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_convolution_in_slabs_equals_the_whole_convolution(kernel):
+    conv = torch.nn.Conv3d(3, 4, kernel, padding=kernel // 2)
+    x = torch.randn(1, 3, 23, 9, 7, generator=torch.Generator().manual_seed(5))
+    shares = []
+    macs_per_row = 9 * 7 * 3 * kernel**3 * 4
+    with torch.inference_mode():
+        whole = conv(x)
+        with interruptible_convolutions(conv, shares.append, max_macs=5 * macs_per_row):
+            slabs = conv(x)
+    assert shares == [first / 23 for first in range(0, 23, 5)]  # 5 rows per slab, the last 3
+    torch.testing.assert_close(slabs, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_interruptible_convolutions_restore_the_modules_and_stop_where_the_callback_raises():
+    stage2 = LowResStage2()
+    features = LowResFeatures(*(torch.rand(1, c, *(n * s for n in (2, 2, 2)))
+                                for c, s in ((1, 8), (1, 4), (16, 4), (32, 2), (64, 1), (1, 1))))
+    with torch.inference_mode():
+        expected = stage2(features)
+
+        calls = []
+
+        def cancel_third(share: float) -> None:
+            calls.append(share)
+            if len(calls) == 3:
+                raise Cancelled("stop")
+
+        with pytest.raises(Cancelled), interruptible_convolutions(stage2, cancel_third, max_macs=2**16):
+            stage2(features)
+        assert len(calls) == 3
+        assert not any("forward" in vars(m) for m in stage2.modules())
+        torch.testing.assert_close(stage2(features), expected)
 
 
 def test_upsampled_logits_in_slabs_equal_one_interpolation():

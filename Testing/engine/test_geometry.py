@@ -53,3 +53,15 @@ def test_two_dimensional_image_is_refused():
 
     with pytest.raises(InvalidImageError, match="3D"):
         slice_orientation(sitk.Image(8, 8, sitk.sitkInt16))
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_slices_pasted_in_slabs_equal_the_whole_canonical_volume(name):
+    image = phantom_image(GEOMETRIES[name])
+    orientation = slice_orientation(image)
+    array_shape = sitk.GetArrayViewFromImage(image).shape
+    canonical = np.random.default_rng(1).integers(0, 3, size=orientation.canonical_shape(array_shape)).astype(np.uint8)
+    result = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    for first in range(0, len(canonical), 4):  # slabs of 4, the last one shorter
+        orientation.paste_slices(result, first, canonical[first : first + 4])
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(result), orientation.from_canonical(canonical))

@@ -174,6 +174,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "card not JSON": (invalid_json, "card"),
     "detection card for segmentation": (lowres_card, "not a slice-by-slice segmentation model"),
     "unknown model name": (with_options(written(ct()), "--model", "no-such-model"), "unknown model"),
+    "model card path missing": (with_options(written(ct()), "--model", "no such card.json"),
+                                "model card not found: no such card.json"),
     # bad options
     "threshold 0": (with_options(written(ct()), "--threshold", "0"), "threshold"),
     "threshold 1.5": (with_options(written(ct()), "--threshold", "1.5"), "threshold"),

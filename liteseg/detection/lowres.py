@@ -17,7 +17,8 @@ stage 1's, with `STAGE2_HALO` cells of context, so a tile's core equals the unsp
 to float rounding) and only the tiles whose core holds a cell of the component or of its margin:
 in a box around a sprawling component the far, empty parts keep the upsampled stage-1 logits,
 which are below the threshold there. Progress is reported and the cancel flag checked before
-every stage-2 convolution, so a large box neither freezes a GUI nor ignores Cancel.
+every slab of every convolution of both stages (`interruptible`), so a large volume neither
+freezes a GUI nor ignores Cancel.
 
 Memory: the stage-1 features of the whole volume are kept for stage 2 (about 11 bytes per input
 voxel in float32), the full-resolution logit map is float16 (2 bytes per voxel) and is filled
@@ -26,11 +27,10 @@ slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from liteseg.components import Box, component_boxes, label_components
+from liteseg.detection.interruptible import interruptible_convolutions
 from liteseg.detection.preprocessing import DetectionPreprocessing, canonical_input
 from liteseg.detection.results import DetectionResult, labelmap_image, make_detection
 from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
@@ -76,22 +77,22 @@ def stage1_features(
     """Stage 1 on a (1, 1, D, H, W) volume, in overlapping tiles aligned to multiples of 8 when
     it has more than `max_voxels` voxels; each tile's central part is stitched into every level,
     which equals the untiled pass up to float rounding. `stage1` must be in eval mode. Progress
-    is reported and `cancel` checked before every convolution, so that even one large tile
-    neither freezes a GUI nor ignores Cancel."""
+    is reported and `cancel` checked before every slab of every convolution (`interruptible`),
+    so that even one large tile neither freezes a GUI nor ignores Cancel."""
     spatial = tuple(volume.shape[2:])
     tiles = plan_tiles([-(-n // 8) for n in spatial], max_voxels)
     convolutions = sum(isinstance(m, torch.nn.Conv3d) for m in stage1.modules())
     state = {"tile": 0, "convolution": 0}
 
-    def checkpoint() -> None:
+    def checkpoint(share: float) -> None:
+        state["convolution"] += share == 0.0  # a convolution starts
         if is_cancelled(cancel):
             raise Cancelled("detection cancelled")
         if progress is not None:
-            done = (state["tile"] + state["convolution"] / convolutions) / len(tiles)
+            done = (state["tile"] + (state["convolution"] - 1 + share) / convolutions) / len(tiles)
             progress(done, f"stage 1 tile {state['tile'] + 1}/{len(tiles)}" if len(tiles) > 1 else "stage 1")
-        state["convolution"] += 1
 
-    with before_each_convolution(stage1, checkpoint):
+    with interruptible_convolutions(stage1, checkpoint):
         if len(tiles) == 1:
             features = stage1(volume)
             if progress is not None:
@@ -140,19 +141,6 @@ def _object_mask(labels: np.ndarray, core: np.ndarray) -> np.ndarray:
     components, _ = label_components(labels)
     touching = np.unique(components[core & labels])
     return np.isin(components, touching[touching > 0])
-
-
-@contextlib.contextmanager
-def before_each_convolution(module: torch.nn.Module, callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback` before every convolution of `module` while inside the block (it may raise,
-    e.g. `Cancelled`, to stop the forward pass)."""
-    handles = [m.register_forward_pre_hook(lambda *_: callback()) for m in module.modules()
-               if isinstance(m, torch.nn.Conv3d)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def grown_cells(mask8: np.ndarray, margin: int) -> np.ndarray:
@@ -265,17 +253,17 @@ def _refine_components(stage2: torch.nn.Module, features: LowResFeatures, labels
                        components: Sequence, margin: int, logit_map: np.ndarray, max_voxels: int,
                        progress: Optional[ProgressCallback], cancel: CancelFlag) -> None:
     """Stage 2 over every component's box (`refine_box` on the component's cells grown by
-    `margin`), reporting progress in [0, 1] and checking `cancel` before each convolution."""
+    `margin`), reporting progress in [0, 1] and checking `cancel` before each convolution slab."""
     state = {"fraction": 0.0, "message": "stage 2"}
 
-    def checkpoint() -> None:
+    def checkpoint(share: float = 0.0) -> None:
         if is_cancelled(cancel):
             raise Cancelled("detection cancelled")
         if progress is not None:
             progress(state["fraction"], state["message"])
 
     count = len(components)
-    with before_each_convolution(stage2, checkpoint):
+    with interruptible_convolutions(stage2, checkpoint):
         for number, component in enumerate(components):
             def on_tile(done: int, planned: int, number: int = number) -> None:
                 state["fraction"] = (number + done / planned) / count

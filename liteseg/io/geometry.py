@@ -51,6 +51,18 @@ class SliceOrientation:
         array_spacing = tuple(reversed(image.GetSpacing()))
         return tuple(float(array_spacing[a]) for a in self.permutation)  # type: ignore[return-value]
 
+    def paste_slices(self, image: sitk.Image, first: int, block: np.ndarray) -> None:
+        """Write canonical slices `first`, `first + 1`, ... (`block`: slices, rows, cols, of the
+        image's pixel type) into `image` in place, so that a result volume is filled slab by
+        slab without a whole-volume array beside it."""
+        axis = self.permutation[0]  # the array axis of the slices
+        n_slices = sitk.GetArrayViewFromImage(image).shape[axis]
+        start = n_slices - first - len(block) if self.flip[0] else first
+        image_block = sitk.GetImageFromArray(np.ascontiguousarray(self.from_canonical(block)))
+        index = [slice(None)] * 3
+        index[2 - axis] = slice(start, start + len(block))  # SimpleITK indexes (x, y, z)
+        image[tuple(index)] = image_block
+
     def _flipped_axes(self) -> tuple[int, ...]:
         return tuple(c for c, f in enumerate(self.flip) if f)
 

@@ -137,7 +137,10 @@ def bundled_cards() -> list[ModelCard]:
 def find_card(model: str | Path) -> ModelCard:
     """A bundled model by name, or a model card given by its path."""
     path = Path(model)
-    if path.suffix == CARD_SUFFIX and path.is_file():
+    if path.suffix.lower() == CARD_SUFFIX:
+        if not path.is_file():
+            raise WeightsError(f"model card not found: {path} (no such file); give an existing model card .json "
+                               f"or a bundled model name ({', '.join(c.name for c in bundled_cards())})")
         return ModelCard.read(path)
     cards = bundled_cards()
     for card in cards:

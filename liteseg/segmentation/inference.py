@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -128,20 +128,21 @@ def predict_canonical(
     volume: np.ndarray,
     normalise: Normaliser,
     slice_size: tuple[int, int],
+    write: Callable[[int, np.ndarray], None],
     threshold: float = 0.5,
     batch_size: int = 16,
     region: Optional[Region] = None,
     progress: Optional[SliceProgress] = None,
-) -> np.ndarray:
-    """Labels (uint8) of a canonical volume (slices, rows, cols), batch by batch: slices are
-    normalised and resized to `slice_size`, probabilities resized back linearly and thresholded,
-    so no float copy of the whole volume is ever made. With a `region`, only its slices and
-    in-plane box are run; everything outside it is background."""
+) -> None:
+    """Labels (uint8) of a canonical volume (slices, rows, cols), batch by batch, each batch
+    handed to `write(first_slice, labels)`: slices are normalised and resized to `slice_size`,
+    probabilities resized back linearly and thresholded, so no copy of the whole volume is ever
+    made. With a `region`, only its slices and in-plane box are run (the caller's output is
+    background elsewhere)."""
     check_threshold(threshold)
     n_slices, rows, cols = volume.shape
     region = region or Region(0, n_slices, 0, slice_size[0], 0, slice_size[1])
     progress = progress or SliceProgress(region.n_slices, None, None)
-    labels = np.zeros(volume.shape, dtype=np.uint8)
     for batch in _batches(np.arange(region.first, region.stop), batch_size):
         progress.check()
         inputs = _model_input(volume, batch, normalise, slice_size)
@@ -150,9 +151,8 @@ def predict_canonical(
         if logits.shape[1] > 1:
             probability[:, 0] = 1.0  # background outside the region
         probability[:, :, region.row0 : region.row1, region.col0 : region.col1] = _probabilities(logits)
-        labels[batch[0] : batch[-1] + 1] = _labels(probability, (rows, cols), threshold)
+        write(int(batch[0]), _labels(probability, (rows, cols), threshold))
         progress.advance(len(batch), f"slice {batch[-1] + 1}/{n_slices}")
-    return labels
 
 
 def segment_image(
@@ -196,6 +196,8 @@ def segment_image(
     times["preprocess"] = time.perf_counter() - started
 
     region = None
+    labelmap = sitk.Image(image.GetSize(), sitk.sitkUInt8)  # background; filled slab by slab
+    labelmap.CopyInformation(image)
     n_slices = volume.shape[0]
     tracker = SliceProgress(n_slices, progress, cancel)
     if localisation is not None:
@@ -214,8 +216,6 @@ def segment_image(
         times["localise"] = time.perf_counter() - started
         if region is None:
             looked = sum(len(indices) for indices in looks)
-            labelmap = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-            labelmap.CopyInformation(image)
             if progress is not None:
                 progress(1.0, "nothing found")
             return SegmentationResult(labelmap, times, None, (
@@ -226,15 +226,16 @@ def segment_image(
 
     started = time.perf_counter()
     crop = (region.row1 - region.row0, region.col1 - region.col0) if region else preprocessing.slice_size
-    labels = predict_canonical(runner, volume, normalise, preprocessing.slice_size, threshold,
-                               batch_size or batch_for(crop, backend), region, tracker)
+    predict_canonical(runner, volume, normalise, preprocessing.slice_size,
+                      lambda first, labels: orientation.paste_slices(labelmap, first, labels), threshold,
+                      batch_size or batch_for(crop, backend), region, tracker)
     times["inference"] = time.perf_counter() - started
 
     started = time.perf_counter()
     if keep_largest:
-        labels = largest_component(labels > 0) * labels
-    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(orientation.from_canonical(labels)))
-    labelmap.CopyInformation(image)
+        labels = sitk.GetArrayFromImage(labelmap)
+        labelmap = sitk.GetImageFromArray(largest_component(labels > 0) * labels)
+        labelmap.CopyInformation(image)
     times["postprocess"] = time.perf_counter() - started
     return SegmentationResult(labelmap, times, region)
 

@@ -160,8 +160,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, bars: Option
     if resume:
         history = _restore(checkpoint, config, train_cases, val_cases, network, optimizer, scheduler, generator)
 
-    train_slices = _load(train_cases, config, "training", bars)
-    val_slices = train_slices if val_cases == train_cases else _load(val_cases, config, "validation", bars)
+    train_slices = load_training_slices(train_cases, config, "training", bars)
+    val_slices = train_slices if val_cases == train_cases else load_training_slices(val_cases, config, "validation", bars)
     val_indices = torch.sort(select_slices(val_slices, config.empty_slice_ratio, torch.Generator().manual_seed(config.seed))).values
 
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -171,10 +171,10 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, bars: Option
             [select_slices(train_slices, config.empty_slice_ratio, generator) for _ in range(config.passes_per_epoch)]
         )
         bar = epoch_bar(math.ceil(len(indices) / config.batch_size), f"epoch {epoch}/{config.epochs}", bars)
-        train_loss = _train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device,
+        train_loss = train_epoch(network, optimizer, train_slices, indices, config.batch_size, generator, device,
                                   config.precision == "bfloat16", bar)
         val_loss = _validation_loss(network, val_slices, val_indices, config.batch_size, device)
-        val_dice = float(np.mean([r["dice"] for r in _evaluate(network, val_cases, config, device, with_hd95=False)]))
+        val_dice = float(np.mean([r["dice"] for r in evaluate_cases(network, val_cases, config, device, with_hd95=False)]))
         scheduler.step(val_loss)
         history.append(
             {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr,
@@ -191,8 +191,8 @@ def train(config: TrainConfig, cases: Sequence[Case], command: str, bars: Option
             plot_curve(history, Path(config.output) / CURVE_NAME)
 
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-    results = _evaluate(network, val_cases, config, device, with_hd95=True)
-    data = _card(config, weights, history, train_cases, val_cases, results, device, command)
+    results = evaluate_cases(network, val_cases, config, device, with_hd95=True)
+    data = model_card(config, weights, history, train_cases, val_cases, results, device, command)
     if dataset:
         data["training"]["dataset"] = dataset
     return write_card(card, data)
@@ -234,7 +234,7 @@ def plot_curve(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def _load(cases: Sequence[Case], config: TrainConfig, what: str, bars: Optional[BarFactory]) -> Slices:
+def load_training_slices(cases: Sequence[Case], config: TrainConfig, what: str, bars: Optional[BarFactory]) -> Slices:
     loading = iterate(cases, bars, f"loading {what} cases", "case")
     slices = Slices.concatenate([load_slices(c, config.label_values, config.preprocessing) for c in loading])
     if not slices.foreground.any():
@@ -242,7 +242,7 @@ def _load(cases: Sequence[Case], config: TrainConfig, what: str, bars: Optional[
     return slices
 
 
-def _train_epoch(
+def train_epoch(
     network: nn.Module,
     optimizer: torch.optim.Optimizer,
     slices: Slices,
@@ -288,7 +288,7 @@ def _validation_loss(network: nn.Module, slices: Slices, indices: torch.Tensor, 
     return total / len(indices)
 
 
-def _evaluate(network: nn.Module, cases: Sequence[Case], config: TrainConfig, device: torch.device, with_hd95: bool) -> list[dict]:
+def evaluate_cases(network: nn.Module, cases: Sequence[Case], config: TrainConfig, device: torch.device, with_hd95: bool) -> list[dict]:
     """Dice (and HD95 in mm, None when a mask is empty) of whole volumes segmented by segment_image."""
     runner = OnDevice(network, device)
     results = []
@@ -325,7 +325,7 @@ def _restore(
     return state["history"]
 
 
-def _card(
+def model_card(
     config: TrainConfig,
     weights: Path,
     history: Sequence[dict],
