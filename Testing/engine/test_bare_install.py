@@ -12,11 +12,11 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Run liteseg's CLI with tqdm and matplotlib unimportable, as after `pip install .` without extras.
+# Run liteseg's CLI with the optional packages unimportable, as after `pip install .` without extras.
 BARE = textwrap.dedent("""
     import sys
 
-    sys.modules["tqdm"] = sys.modules["matplotlib"] = None  # import fails: ImportError
+    sys.modules["tqdm"] = sys.modules["matplotlib"] = sys.modules["flwr"] = None  # import fails: ImportError
     from liteseg.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -51,3 +51,11 @@ def test_segment_train_and_evaluate_run_without_tqdm_and_matplotlib(tmp_path):
     result = bare("evaluate", str(tmp_path / "seg.nii.gz"), str(tmp_path / "label.nii.gz"))
     assert result.returncode == 0 and "Dice" in result.stdout, result.stderr
     assert bare("models").returncode == 0
+
+
+def test_federated_training_without_flower_says_how_to_install_it(tmp_path):
+    dataset = ROOT / "Resources" / "Training" / "nih_pancreas_slices.json"
+    result = bare("federated", "simulate", str(dataset), "--output", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "liteseg: error: federated training needs Flower: pip install 'liteseg[federated]'"
+    assert not (tmp_path / "run").exists()

@@ -266,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=TRAIN_METHODS, default="monet")
     train.set_defaults(run=cmd_train)
 
+    federated = commands.add_parser(
+        "federated", help="federated training on Flower (pip install 'liteseg[federated]'): simulate the sites on "
+        "this machine, or deploy a SuperLink and one SuperNode per site on localhost")
+    from liteseg.cli.federated import configure_parser as configure_federated_parser, run as run_federated
+
+    configure_federated_parser(federated)
+    federated.set_defaults(run=run_federated)
+
     detect = commands.add_parser("detect", help="LowRes two-stage detection: labelmap plus a CSV of detected objects")
     from liteseg.cli.detect import configure_detect_parser, run_detect
 

@@ -12,8 +12,8 @@ from liteseg.cli.console import progress_bar
 from liteseg.errors import LiteSegError
 from liteseg.io.modelcard import ModelCard
 from liteseg.segmentation.preprocessing import Preprocessing
-from liteseg.training.datasets import Case, case_from_pair, cases_from_decathlon, cases_from_pairs_csv
-from liteseg.training.slice_dataset import cases_from_slice_dataset, is_slice_dataset
+from liteseg.training.datasets import Case, case_from_pair
+from liteseg.training.slice_dataset import cases_from_dataset, is_slice_dataset
 from liteseg.training.trainer import LABEL_PRESETS, TrainConfig, train
 
 
@@ -82,13 +82,7 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
     if args.dataset is not None and (args.image or args.label):
         raise LiteSegError("give either a DATASET or --image with --label, not both")
     if args.dataset is not None:
-        path = args.dataset
-        if path.suffix.lower() == ".csv":
-            cases = cases_from_pairs_csv(path)
-        elif is_slice_dataset(path):
-            cases = cases_from_slice_dataset(path)
-        else:
-            cases = cases_from_decathlon(path)
+        cases = cases_from_dataset(args.dataset)
     elif args.image and args.label:
         cases = [case_from_pair(args.image, args.label)]
     else:

@@ -38,7 +38,7 @@ from liteseg.errors import LiteSegError
 from liteseg.io.geometry import slice_orientation
 from liteseg.io.images import as_3d, check_ct_intensities, check_volume, read_image
 from liteseg.segmentation.preprocessing import Preprocessing
-from liteseg.training.datasets import dataset_path
+from liteseg.training.datasets import Case, cases_from_decathlon, cases_from_pairs_csv, dataset_path
 
 ROW_ORDERS = ("anterior_to_posterior", "posterior_to_anterior")
 
@@ -231,3 +231,16 @@ def cases_from_slice_dataset(path: str | Path) -> list:
         cases.append(NegativeVolume(entry["patient"], dataset_path(entry["image"], path.parent),
                                     GreyLevels.from_dict(levels) if levels else None))
     return cases
+
+
+def cases_from_dataset(path: str | Path) -> list[Case]:
+    """The cases of any dataset the trainers read: a .csv of image,label[,patient] pairs, a slice
+    dataset description .json, or a Medical Segmentation Decathlon folder."""
+    path = Path(path)
+    if not path.exists():
+        raise LiteSegError(f"dataset not found: {path}")
+    if path.suffix.lower() == ".csv":
+        return cases_from_pairs_csv(path)
+    if is_slice_dataset(path):
+        return cases_from_slice_dataset(path)
+    return cases_from_decathlon(path)

@@ -335,22 +335,12 @@ def model_card(
     device: torch.device,
     command: str,
 ) -> dict:
-    label = dict(LABEL_PRESETS[config.label_preset])
     best = best_epoch(history)
     on_training = validates_on_training_cases(config)
     split = split_description(config, train_cases, val_cases)
     distances = [r["hd95_mm"] for r in results if r["hd95_mm"] is not None]
     return {
-        "name": config.name,
-        "version": config.version,
-        "title": f"{label['name']} segmentation ({config.preprocessing.modality}), {config.network}",
-        "network": config.network,
-        "network_options": BINARY_OUTPUT,
-        "weights": weights.name,
-        "sha256": sha256_file(weights),
-        "input": {"axis": "axial slices (from the direction matrix)", "preprocessing": config.preprocessing.to_dict()},
-        "output": {"activation": "sigmoid", "threshold": THRESHOLD},
-        "labels": [label],
+        **card_header(config, weights),
         "training": {
             "data": [c.describe() for c in train_cases],
             "validation_data": [c.describe() for c in val_cases],
@@ -358,23 +348,7 @@ def model_card(
             "seed": config.seed,
             "epochs": len(history),
             "best_epoch": best,
-            "recipe": {
-                "optimizer": "NAdam",
-                "lr": config.lr,
-                "scheduler": f"ReduceLROnPlateau on validation loss: lr x{config.lr_factor} after "
-                f"{config.lr_patience} epochs without improvement",
-                "loss": "soft Dice on sigmoid(logits), over the batch, smooth 1",
-                "augmentation": f"rotation +-{AUGMENTATION['rotation_degrees']:g} deg, zoom +-{AUGMENTATION['zoom']:g}, "
-                f"shift +-{AUGMENTATION['shift']:g} of the size (bilinear images, nearest labels)",
-                "batch_size": config.batch_size,
-                "precision": "float32" if config.precision == "float32"
-                else "bfloat16 autocast forward passes, float32 weights, optimiser and loss",
-                "output_bias_init": "zero (paper)" if config.foreground_prior is None
-                else f"logit({config.foreground_prior:g}) (prior initialisation)",
-                "label_values": list(config.label_values),
-                "slices": f"every slice with foreground plus {config.empty_slice_ratio:g} empty slices per "
-                f"foreground slice, drawn again {config.passes_per_epoch} time(s) per epoch",
-            },
+            "recipe": recipe_description(config),
             "history": list(history),
             "device": str(device),
             "seconds": round(sum(h["seconds"] for h in history), 1),
@@ -390,4 +364,43 @@ def model_card(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "liteseg_version": __version__,
         "notes": config.notes,
+    }
+
+
+def card_header(config: TrainConfig, weights: Path) -> dict:
+    """What every card of a slice-by-slice network starts with: names, weights and their checksum,
+    input and output conventions, the label (how the Slicer modules and `segment` load it)."""
+    label = dict(LABEL_PRESETS[config.label_preset])
+    return {
+        "name": config.name,
+        "version": config.version,
+        "title": f"{label['name']} segmentation ({config.preprocessing.modality}), {config.network}",
+        "network": config.network,
+        "network_options": BINARY_OUTPUT,
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "input": {"axis": "axial slices (from the direction matrix)", "preprocessing": config.preprocessing.to_dict()},
+        "output": {"activation": "sigmoid", "threshold": THRESHOLD},
+        "labels": [label],
+    }
+
+
+def recipe_description(config: TrainConfig) -> dict:
+    """The training recipe of `config`, in words, for the model card."""
+    return {
+        "optimizer": "NAdam",
+        "lr": config.lr,
+        "scheduler": f"ReduceLROnPlateau on validation loss: lr x{config.lr_factor} after "
+        f"{config.lr_patience} epochs without improvement",
+        "loss": "soft Dice on sigmoid(logits), over the batch, smooth 1",
+        "augmentation": f"rotation +-{AUGMENTATION['rotation_degrees']:g} deg, zoom +-{AUGMENTATION['zoom']:g}, "
+        f"shift +-{AUGMENTATION['shift']:g} of the size (bilinear images, nearest labels)",
+        "batch_size": config.batch_size,
+        "precision": "float32" if config.precision == "float32"
+        else "bfloat16 autocast forward passes, float32 weights, optimiser and loss",
+        "output_bias_init": "zero (paper)" if config.foreground_prior is None
+        else f"logit({config.foreground_prior:g}) (prior initialisation)",
+        "label_values": list(config.label_values),
+        "slices": f"every slice with foreground plus {config.empty_slice_ratio:g} empty slices per "
+        f"foreground slice, drawn again {config.passes_per_epoch} time(s) per epoch",
     }
