@@ -4,6 +4,7 @@ the traffic measured, a site that drops out, a site without data and sites of an
 
 from __future__ import annotations
 
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from liteseg.errors import LiteSegError
+from liteseg.evaluation.slices import held_out_patients
 from liteseg.federated.config import FederatedConfig
 from liteseg.federated.local import global_network
 from liteseg.federated.sites import partition_sites, share_counts
@@ -111,6 +113,7 @@ def test_a_simulation_trains_by_patient_measures_the_traffic_and_writes_a_loadab
     assert sorted(c["patient"] for c in card.data["validation"]["cases"]) == sorted(c.patient for c in held_out)
     validated = [p for s in card.data["training"]["sites"] for p in s["validation_patients"]]
     assert sorted(validated) == sorted(c.patient for c in held_out)
+    assert held_out_patients(card) == sorted(c.patient for c in held_out)  # what `liteseg evaluate --slices` reads
     network, loaded = load_model(card.path)  # checksum verified, like any bundled model
     saved = torch.load(card.weights_path, weights_only=True)
     assert loaded.network == "monet" and all(torch.equal(network.state_dict()[k], saved[k]) for k in saved)
@@ -122,24 +125,39 @@ def test_a_resumed_simulation_continues_the_rounds_and_refuses_changed_options(s
         simulate(simulated)
     with pytest.raises(LiteSegError, match="options changed since the checkpoint: lr"):
         simulate(FederatedConfig(**{**simulated.__dict__, "resume": True, "lr": 1e-3}))
+    with pytest.raises(LiteSegError, match="holds 2 rounds already, more than the 1 asked for"):
+        simulate(FederatedConfig(**{**simulated.__dict__, "resume": True, "rounds": 1}))
     card = ModelCard.read(simulate(FederatedConfig(**{**simulated.__dict__, "resume": True, "rounds": 3})))
     resumed = card.data["training"]["history"]
     assert [h["round"] for h in resumed] == [1, 2, 3] and resumed[:2] == history
 
 
-def test_sites_of_another_model_version_fail_the_run_with_their_reason(dataset, tmp_path):
+def simulate_apps(server: FederatedConfig, sites: FederatedConfig, num_sites: int) -> None:
+    """A simulation whose server and sites run with different options."""
     from flwr.simulation import run_simulation
 
     from liteseg.federated.apps import make_client_app, make_server_app
 
+    run_simulation(server_app=make_server_app(server), client_app=make_client_app(sites), num_supernodes=num_sites,
+                   backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 1, "address": "local"}})
+
+
+def test_sites_of_another_model_version_fail_the_run_with_their_reason(dataset, tmp_path):
     server = tiny_config(dataset, tmp_path / "run", rounds=1)
-    sites = FederatedConfig(**{**server.__dict__, "network": "unet16"})
     with pytest.raises(LiteSegError, match="round 1: no site returned a model"):
-        run_simulation(server_app=make_server_app(server), client_app=make_client_app(sites), num_supernodes=2,
-                       backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 1, "address": "local"}})
+        simulate_apps(server, FederatedConfig(**{**server.__dict__, "network": "unet16"}), 2)
     error = (tmp_path / "run" / "federated_error.txt").read_text()
     assert error.count("the global model does not fit this site's unet16") == 2
     assert not (tmp_path / "run" / f"{server.name}.json").exists()
+
+
+def test_too_few_connected_sites_stop_the_run_after_the_connect_timeout(dataset, tmp_path):
+    config = tiny_config(dataset, tmp_path / "run", min_sites=3, connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(LiteSegError, match="only 2 of the 3 sites needed are connected after 2 s"):
+        simulate_apps(config, config, 2)
+    assert time.monotonic() - started < 120
+    assert "only 2 of the 3" in (tmp_path / "run" / "federated_error.txt").read_text()
 
 
 def test_the_app_folder_carries_the_options_of_the_command(tmp_path, dataset, capsys):
@@ -176,6 +194,9 @@ def test_a_localhost_deployment_runs_through_a_site_without_data_and_one_that_dr
         deployment.stop_site("site-1")  # a hospital that goes offline after its first round
         thread.join(timeout=600)
     assert "card" in outcome, "the run did not end"
+    for process in deployment.processes:  # every process stopped, with the ClientApp processes they started
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process.pid, 0)
     assert time.monotonic() - started < 400
     card = ModelCard.read(outcome["card"])
     history = card.data["training"]["history"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -127,16 +128,28 @@ def _wait_for_port(port: int, process: subprocess.Popen, seconds: float, log: Pa
     raise LiteSegError(f"the SuperLink did not listen on port {port} within {seconds:g} s; its log: {log}")
 
 
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
+    """End each process with everything it started (its own session): SIGTERM, then SIGKILL to
+    whatever is left after 10 s (e.g. a ClientApp process its SuperNode left behind)."""
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
     for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            process.poll()  # reaps the leader once it exits
+            time.sleep(0.1)
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class LocalDeployment:
@@ -158,7 +171,7 @@ class LocalDeployment:
     def _start(self, name: str, arguments: list[str]) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "w")
         process = subprocess.Popen([str(Path(sys.executable).parent / arguments[0]), *arguments[1:]], cwd=self.work,
-                                   env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                   env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.processes.append(process)
         return process

@@ -11,10 +11,11 @@ the final model once more.
 
 from __future__ import annotations
 
+import pickle
 import re
 import time
-from logging import INFO
 from datetime import datetime, timezone
+from logging import INFO
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -33,6 +34,7 @@ from liteseg.models import build_model
 from liteseg.training.runs import output_files, save_atomic
 from liteseg.training.trainer import BINARY_OUTPUT, card_header, recipe_description, set_output_prior
 
+
 def content_bytes(content: RecordDict) -> int:
     """Bytes a message's records carry (array data with their keys, configs, metrics)."""
     return sum(record.count_bytes() for record in content.values())
@@ -50,15 +52,14 @@ def error_reason(reason: str) -> str:
     return (found.group(1) if found else reason).strip().splitlines()[-1]
 
 
-def wait_for_sites(grid: Grid, config: FederatedConfig) -> list[int]:
-    """The connected nodes, once `min_sites` are; an error after `connect_timeout` seconds."""
+def wait_for_sites(grid: Grid, config: FederatedConfig) -> None:
+    """Return once `min_sites` nodes are connected; an error after `connect_timeout` seconds."""
     deadline = time.monotonic() + config.connect_timeout
-    while len(nodes := list(grid.get_node_ids())) < config.min_sites:
+    while (connected := len(list(grid.get_node_ids()))) < config.min_sites:
         if time.monotonic() > deadline:
-            raise LiteSegError(f"only {len(nodes)} of the {config.min_sites} sites needed are connected after "
+            raise LiteSegError(f"only {connected} of the {config.min_sites} sites needed are connected after "
                                f"{config.connect_timeout:g} s: start the missing sites' SuperNodes, or lower --min-sites")
         time.sleep(0.5)
-    return nodes
 
 
 class Server:
@@ -82,10 +83,16 @@ class Server:
     def _restore(self) -> None:
         if not self.checkpoint.is_file():
             raise LiteSegError(f"nothing to resume: {self.checkpoint} not found")
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise LiteSegError(f"cannot read checkpoint {self.checkpoint}: {str(error).splitlines()[0]}") from None
         changed = self.config.changes_from(state["config"])
         if changed:
             raise LiteSegError(f"cannot resume {self.checkpoint}: options changed since the checkpoint: {'; '.join(changed)}")
+        if len(state["history"]) > self.config.rounds:
+            raise LiteSegError(f"cannot resume {self.checkpoint}: it holds {len(state['history'])} rounds already, "
+                               f"more than the {self.config.rounds} asked for")
         self.network.load_state_dict(state["model"])
         self.history = state["history"]
 
@@ -188,6 +195,7 @@ class Server:
                     "traffic": traffic,
                 },
                 "sites": _site_descriptions(self.history),
+                "validation_data": [{"patient": r["patient"], "site": r["site"]} for r in results],
                 "split": f"each site by patient (seed {config.seed}, validation fraction {config.val_fraction:g})",
                 "seed": config.seed,
                 "recipe": {**recipe_description(recipe),
