@@ -20,7 +20,7 @@ from liteseg.errors import LiteSegError
 from liteseg.federated.config import ERROR_NAME, FederatedConfig
 from liteseg.federated.local import global_network, round_seed, site_of, train_site, validate_site
 from liteseg.federated.rounds import Server
-from liteseg.federated.sites import Site, partition_of
+from liteseg.federated.sites import Site
 
 
 def _options(config: Optional[FederatedConfig], context: Context) -> FederatedConfig:
@@ -47,11 +47,10 @@ def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
         site = site_of(options, context.node_config)
         network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
         results = validate_site(options, site, network)
-        partition = partition_of(context.node_config)
-        seed = round_seed(options, partition[0] if partition else 0, int(message.content["config"]["server-round"]))
-        metrics = train_site(options, site, network, seed)
-        log(INFO, "%s: round %s trained on %d slices in %.1f s, loss %.4f", site.name,
-            message.content["config"]["server-round"], metrics["num-examples"], metrics["seconds"], metrics["train-loss"])
+        server_round = int(message.content["config"]["server-round"])
+        metrics = train_site(options, site, network, round_seed(options, site.name, server_round))
+        log(INFO, "%s: round %d trained on %d slices in %.1f s, loss %.4f", site.name, server_round,
+            metrics["num-examples"], metrics["seconds"], metrics["train-loss"])
         content = RecordDict({"arrays": ArrayRecord(network.state_dict()), "metrics": MetricRecord(metrics),
                               "site": _site_record(site, results)})
         return Message(content=content, reply_to=message)

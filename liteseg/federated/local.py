@@ -4,11 +4,11 @@ its own held-out patients. Plain torch: Flower only carries the state dicts to a
 from __future__ import annotations
 
 import time
+import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -68,9 +68,9 @@ def global_network(config: FederatedConfig, state: StateDict, site: str) -> nn.M
     return network
 
 
-def round_seed(config: FederatedConfig, site_index: int, server_round: int) -> int:
+def round_seed(config: FederatedConfig, site: str, server_round: int) -> int:
     """The seed of one site's local training in one round (the same on a resumed run)."""
-    return config.seed * 1_000_003 + site_index * 10_007 + server_round
+    return config.seed * 1_000_003 + zlib.crc32(site.encode()) + server_round
 
 
 def train_site(config: FederatedConfig, site: Site, network: nn.Module, seed: int) -> dict[str, float]:
@@ -79,7 +79,10 @@ def train_site(config: FederatedConfig, site: Site, network: nn.Module, seed: in
     recipe = config.recipe()
     if config.threads:
         torch.set_num_threads(config.threads)
-    slices = _training_slices(site, config)
+    try:
+        slices = _training_slices(site, config)
+    except LiteSegError as error:
+        raise LiteSegError(f"site {site.name}: cannot read its training slices: {error.message}") from None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     network.to(memory_format=torch.channels_last)
@@ -97,8 +100,7 @@ def validate_site(config: FederatedConfig, site: Site, network: nn.Module) -> li
     """Dice of whole held-out volumes of this site segmented by `segment_image` (as the trainer)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    return evaluate_cases(network, site.val_cases, config.recipe(), torch.device("cpu"), with_hd95=False)
-
-
-def mean_dice(results: list[dict]) -> Optional[float]:
-    return float(np.mean([r["dice"] for r in results])) if results else None
+    try:
+        return evaluate_cases(network, site.val_cases, config.recipe(), torch.device("cpu"), with_hd95=False)
+    except LiteSegError as error:
+        raise LiteSegError(f"site {site.name}: cannot validate on its held-out cases: {error.message}") from None
