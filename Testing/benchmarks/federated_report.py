@@ -20,12 +20,9 @@ import numpy as np
 
 from liteseg.io.modelcard import DEFAULT_MODEL, find_card
 from liteseg.models import build_model
+from liteseg.models.params import state_dict_bytes
 
 MB = 1e6
-
-
-def state_dict_bytes(network: str) -> int:
-    return sum(t.numel() * t.element_size() for t in build_model(network, out_channels=1).state_dict().values())
 
 
 def centralised_dice(card: dict, epochs: int) -> float:
@@ -66,7 +63,7 @@ def main() -> None:
         print(report(path, centralised))
     print("bytes one round carries per site (the model down, the model up), by network:")
     for network in ("monet", "unet16", "unet64"):
-        size = state_dict_bytes(network)
+        size = state_dict_bytes(build_model(network, out_channels=1).state_dict())
         print(f"  {network:8s} state_dict {size / MB:7.3f} MB   per round {2 * size / MB:7.3f} MB")
 
 

@@ -1,4 +1,4 @@
-"""Options and entry point of `liteseg federated simulate|deploy` (Flower, optional extra)."""
+"""Options and entry point of `liteseg federated simulate|deploy|app` (Flower, optional extra)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from liteseg.io.modelcard import ModelCard
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add `simulate` and `deploy` with their options to `parser`."""
+    """Add `simulate`, `deploy` and `app` with their options to `parser`."""
     modes = parser.add_subparsers(dest="mode", required=True)
     simulate = modes.add_parser("simulate", help="Flower's simulation: the sites are partitions of DATASET by patient, "
                                 "trained one after the other on this machine")

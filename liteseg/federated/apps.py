@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from liteseg.errors import LiteSegError
 from liteseg.federated.config import ERROR_NAME, FederatedConfig
@@ -36,6 +37,16 @@ def _site_record(site: Site, results: list[dict]) -> ConfigRecord:
     })
 
 
+def _received(config: Optional[FederatedConfig], message: Message,
+              context: Context) -> tuple[FederatedConfig, Site, nn.Module, list[dict]]:
+    """What every message starts with at a site: the options, the site, the global model it
+    carries (checked), and that model's figures on the site's held-out patients."""
+    options = _options(config, context)
+    site = site_of(options, context.node_config)
+    network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
+    return options, site, network, validate_site(options, site, network)
+
+
 def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
     """A site: validates the global model it receives on its held-out patients, then trains it
     for the local epochs on its own slices; only weights and figures leave it."""
@@ -43,10 +54,7 @@ def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        options = _options(config, context)
-        site = site_of(options, context.node_config)
-        network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
-        results = validate_site(options, site, network)
+        options, site, network, results = _received(config, message, context)
         server_round = int(message.content["config"]["server-round"])
         metrics = train_site(options, site, network, round_seed(options, site.name, server_round))
         log(INFO, "%s: round %d trained on %d slices in %.1f s, loss %.4f", site.name, server_round,
@@ -57,10 +65,7 @@ def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        options = _options(config, context)
-        site = site_of(options, context.node_config)
-        network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
-        results = validate_site(options, site, network)
+        _, site, _, results = _received(config, message, context)
         content = RecordDict({"metrics": MetricRecord({"num-examples": len(results)}), "site": _site_record(site, results)})
         return Message(content=content, reply_to=message)
 

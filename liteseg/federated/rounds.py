@@ -31,6 +31,7 @@ from liteseg.errors import LiteSegError
 from liteseg.federated.config import FederatedConfig
 from liteseg.io.modelcard import write_card
 from liteseg.models import build_model
+from liteseg.models.params import state_dict_bytes
 from liteseg.training.runs import output_files, save_atomic
 from liteseg.training.trainer import BINARY_OUTPUT, card_header, recipe_description, set_output_prior
 
@@ -38,11 +39,6 @@ from liteseg.training.trainer import BINARY_OUTPUT, card_header, recipe_descript
 def content_bytes(content: RecordDict) -> int:
     """Bytes a message's records carry (array data with their keys, configs, metrics)."""
     return sum(record.count_bytes() for record in content.values())
-
-
-def state_dict_bytes(state: dict[str, torch.Tensor]) -> int:
-    """Bytes of the raw tensors of a state dict (what an ArrayRecord serialises, less headers)."""
-    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def error_reason(reason: str) -> str:

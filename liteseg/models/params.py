@@ -38,6 +38,11 @@ def state_dict_megabytes(model: nn.Module) -> float:
     return buffer.getbuffer().nbytes / 1e6
 
 
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of the raw tensors of a state dict (what travels when the arrays are sent, less keys and headers)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def model_table_rows() -> list[dict]:
     """One row per registered model: name, trainable, keras_total, paper, state_dict_mb, note."""
     from liteseg.models import MODELS  # local import: liteseg.models does not depend on this module
