@@ -1,4 +1,5 @@
-"""A bare install (torch, numpy, SimpleITK only): every command runs without tqdm and matplotlib."""
+"""A bare install (torch, numpy, SimpleITK only): every command runs without tqdm, matplotlib and
+OpenVINO, and the commands of an optional extra say how to install it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BARE = textwrap.dedent("""
     import sys
 
-    sys.modules["tqdm"] = sys.modules["matplotlib"] = sys.modules["flwr"] = None  # import fails: ImportError
+    for name in ("tqdm", "matplotlib", "flwr", "openvino"):
+        sys.modules[name] = None  # import fails: ImportError
     from liteseg.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -51,6 +53,13 @@ def test_segment_train_and_evaluate_run_without_tqdm_and_matplotlib(tmp_path):
     result = bare("evaluate", str(tmp_path / "seg.nii.gz"), str(tmp_path / "label.nii.gz"))
     assert result.returncode == 0 and "Dice" in result.stdout, result.stderr
     assert bare("models").returncode == 0
+
+
+def test_the_openvino_backend_without_openvino_says_how_to_install_it(tmp_path):
+    ct = ct_phantom(tmp_path / "ct.nii.gz")
+    result = bare("segment", str(ct), str(tmp_path / "seg.nii.gz"), "--no-localise", "--backend", "openvino")
+    assert result.returncode == 2 and not (tmp_path / "seg.nii.gz").exists()
+    assert result.stderr.strip().endswith("the openvino backend needs OpenVINO: pip install 'liteseg[openvino]'")
 
 
 def test_federated_training_without_flower_says_how_to_install_it(tmp_path):

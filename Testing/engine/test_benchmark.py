@@ -99,3 +99,54 @@ def test_without_dynamic_network_architectures_the_peer_says_how_to_install_it(m
     monkeypatch.setitem(sys.modules, "dynamic_network_architectures.architectures.unet", None)
     with pytest.raises(LiteSegError, match=r"pip install --no-deps dynamic_network_architectures==0.4.4 einops"):
         peer_network()
+
+
+def test_the_backend_table_shows_each_change_against_float32_and_says_when_the_rule_is_broken():
+    from liteseg.benchmarks.precision import BackendRow, format_backend_table
+
+    rows = [BackendRow("fast", patient_dice={"P1": 0.70, "P2": 0.60}, sample_dice=0.50, seconds=10.0),
+            BackendRow("openvino", patient_dice={"P1": 0.701, "P2": 0.598}, sample_dice=0.503, seconds=4.0),
+            BackendRow("openvino-bf16", patient_dice={"P1": 0.69, "P2": 0.60}, sample_dice=0.50, seconds=2.0),
+            BackendRow("int8", skipped="not built")]
+    lines = format_backend_table(rows, "a note").splitlines()
+    assert lines[3].split() == ["openvino", "4.00", "0.6495", "0.0020", "0.5030", "+0.0030", "yes"]
+    assert lines[4].split()[-1] == "NO" and lines[4].split()[3] == "0.0100"
+    assert lines[5] == "int8           not run: not built"
+    assert lines[-2:] == ["held-out patients: P1, P2", "a note"]
+
+
+def test_openvino_keeps_the_sample_ct_dice_of_float32_and_missing_slices_are_said(sample_ct_path, sample_pancreas_path,
+                                                                                 tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from liteseg.benchmarks.precision import backend_rows
+
+    monkeypatch.setenv("LITESEG_CACHE", str(tmp_path / "cache"))
+    rows, note = backend_rows(sample_ct_path, sample_pancreas_path, tmp_path / "missing.json")
+    assert note.startswith("held-out patients not checked: dataset not found")
+    fast, openvino = rows[0], rows[1]
+    assert fast.backend == "fast" and openvino.backend == "openvino" and not openvino.skipped
+    assert fast.sample_dice > 0 and abs(openvino.sample_dice - fast.sample_dice) <= 0.005
+
+
+@pytest.mark.parametrize("z_direction", [1.0, -1.0])
+def test_the_ct_without_target_is_the_longest_run_of_slices_far_from_the_reference(tmp_path, z_direction):
+    import SimpleITK as sitk
+
+    from liteseg.benchmarks.segmentation import without_target
+
+    array = np.arange(40, dtype=np.int16)[:, None, None] * np.ones((1, 8, 6), np.int16)  # value = slice index
+    label = np.zeros(array.shape, np.uint8)
+    label[25:29, 2:5, 2:4] = 1
+    paths = []
+    for name, values in (("ct", array), ("ref", label)):
+        image = sitk.GetImageFromArray(values)
+        image.SetSpacing((1.0, 1.0, 3.0))
+        image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, z_direction))
+        paths.append(tmp_path / f"{name}.nii.gz")
+        sitk.WriteImage(image, str(paths[-1]))
+    slab_path, empty_path = without_target(*paths, tmp_path)
+    slab, empty = sitk.ReadImage(str(slab_path)), sitk.ReadImage(str(empty_path))
+    assert slab.GetSize() == (6, 8, 16) and empty.GetSize() == slab.GetSize() and empty.GetOrigin() == slab.GetOrigin()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(slab)[:, 0, 0], np.arange(16))  # slices 0-15: >= 30 mm from 25
+    assert not sitk.GetArrayFromImage(empty).any()
+    assert slab.TransformIndexToPhysicalPoint((0, 0, 0)) == sitk.ReadImage(str(paths[0])).TransformIndexToPhysicalPoint((0, 0, 0))

@@ -33,7 +33,7 @@ def cases(patients: int, negatives: int = 0) -> list[Case]:
 
 def test_the_run_config_is_flat_and_reads_back_to_the_same_options():
     config = FederatedConfig(dataset="/d/s.json", output="/o", site_shares=(5, 5, 1), foreground_prior=0.01,
-                             window=(0, 200), label_values=(1, 2), precision="bfloat16", resume=True, notes='a "quote"')
+                             window=(0, 200), label_values=(1, 2), precision="bfloat16", resume=True, notes='a "quote"', server_lr=3.0)
     run_config = config.to_run_config()
     assert all(isinstance(v, (str, int, float, bool)) for v in run_config.values())
     assert run_config["site-shares"] == "5 5 1" and run_config["foreground-prior"] == 0.01
@@ -45,6 +45,8 @@ def test_the_run_config_is_flat_and_reads_back_to_the_same_options():
         FederatedConfig(dataset="d", output="o", site_shares=(1, 0)).check()
     with pytest.raises(LiteSegError, match="needs a 2D network"):
         FederatedConfig(dataset="d", output="o", network="lowres").check()
+    with pytest.raises(LiteSegError, match="server learning rate must be positive"):
+        FederatedConfig(dataset="d", output="o", server_lr=0).check()
 
 
 def test_sites_hold_the_centralised_held_out_patients_and_disjoint_training_patients():
@@ -96,6 +98,23 @@ def simulated(dataset, tmp_path_factory) -> FederatedConfig:
     config = tiny_config(dataset, tmp_path_factory.mktemp("simulated") / "run")
     simulate(config)
     return config
+
+
+def test_the_server_step_moves_the_parameters_and_averages_the_batchnorm_statistics():
+    from liteseg.federated.rounds import server_step
+
+    torch.manual_seed(0)
+    network = build_model("monet", in_channels=1, out_channels=1)
+    current = {k: v.clone() for k, v in network.state_dict().items()}
+    averaged = {k: (v + 0.5 if v.is_floating_point() else v + 2) for k, v in current.items()}
+    assert all(torch.equal(server_step(network, averaged, 1.0)[k], averaged[k]) for k in averaged)
+    stepped = server_step(network, averaged, 3.0)
+    parameters = dict(network.named_parameters())
+    assert parameters and set(stepped) == set(averaged)
+    for key, value in stepped.items():
+        expected = current[key] + 1.5 if key in parameters else averaged[key]
+        assert torch.allclose(value, expected) and value.dtype == current[key].dtype, key
+    network.load_state_dict(stepped)  # a loadable state
 
 
 def test_a_simulation_trains_by_patient_measures_the_traffic_and_writes_a_loadable_card(simulated, dataset):

@@ -23,11 +23,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from liteseg.benchmarks.cancel import cancel_rows, format_cancel_table
 from liteseg.benchmarks.memory import peak_rss_mb
 from liteseg.benchmarks.peer import bench_peer, format_peer_table
+from liteseg.benchmarks.precision import MAX_DICE_CHANGE, backend_rows, format_backend_table
 from liteseg.errors import LiteSegError
+from liteseg.evaluation.slices import FAR_FROM_TARGET_MM, far_slice_mask
 from liteseg.models import build_model
 from liteseg.models.params import state_dict_megabytes
 from liteseg.segmentation.localisation import Localisation
-from liteseg.segmentation.runtime import batch_for, make_runner
+from liteseg.segmentation.runtime import batch_for, make_runner, resolve_backend
 
 # MoNet paper: Table 2 (seconds for 150 slices of 256x256 on an 8-core 2.4 GHz i9 CPU) and
 # Table 3 (serialised Keras h5 size in MB).
@@ -96,9 +98,13 @@ def bench_networks(names: Sequence[str], n_slices: int, batch_size: int, repeats
         rows.append(NetworkRow(name, seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
     if "monet" in names:
         network = build_model("monet").eval()
-        runner = make_runner(network, "fast")
-        seconds = statistics.median(time_slices(runner, n_slices, batch_for(SLICE, "fast"), repeats))
-        rows.append(NetworkRow("monet fast", seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
+        for backend in ("fast", "openvino"):
+            try:
+                runner = make_runner(network, backend)
+            except LiteSegError:
+                continue  # OpenVINO not installed: the backend table says so
+            seconds = statistics.median(time_slices(runner, n_slices, batch_for(SLICE, backend), repeats))
+            rows.append(NetworkRow(f"monet {backend}", seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
     return rows
 
 
@@ -133,8 +139,30 @@ class JobSetting:
 JOB_SETTINGS = (
     JobSetting("naive: eager fp32 NCHW, batch 16, all slices", "eager", 16, False),
     JobSetting("fast backend, all slices", "fast", None, False),
-    JobSetting("fast backend + localisation (default)", "fast", None, True),
+    JobSetting("fast backend + localisation", "fast", None, True),
+    JobSetting("auto backend, all slices", "auto", None, False),
+    JobSetting("auto backend + localisation (default)", "auto", None, True),
 )
+MEMORY_SETTINGS = (JOB_SETTINGS[1], JOB_SETTINGS[-1])
+
+
+def conversion_line() -> str:
+    """What "auto" resolves to here and, for OpenVINO, the one-off cost of converting the bundled
+    network into the cache (the timed jobs below read it from there)."""
+    from liteseg.segmentation import openvino_runtime
+    from liteseg.segmentation.inference import load_model
+
+    backend = resolve_backend("auto")
+    if not backend.startswith("openvino"):
+        return f"auto backend: {backend} ({openvino_runtime.OPENVINO_MISSING})"
+    network, _ = load_model()
+    key = openvino_runtime.network_key(network)
+    for entry in (openvino_runtime.cache_dir() / "openvino").glob(f"{key}.*"):
+        entry.unlink()
+    started = time.perf_counter()
+    openvino_runtime.converted_model(network, key)
+    return (f"auto backend: {backend}; converting the bundled network for OpenVINO took {time.perf_counter() - started:.2f} s "
+            f"once (cached in {openvino_runtime.cache_dir() / 'openvino'}; later jobs read it from there)")
 
 
 @dataclass
@@ -144,6 +172,7 @@ class JobRow:
     peak_mb: float
     dice: float
     fraction: float  # share of the full pass's pixels segmented
+    message: str = ""  # the job's message to the user ("nothing found ...")
 
     @property
     def total(self) -> float:
@@ -172,8 +201,11 @@ def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, q
     reference = sitk.GetArrayFromImage(read_image(reference_path)) > 0
     score = dice(sitk.GetArrayViewFromImage(result.labelmap) > 0, reference)
     n_slices = len(sitk.GetArrayViewFromImage(result.labelmap))
-    fraction = result.region.fraction_of(n_slices, card.preprocessing.slice_size) if result.region else 1.0
-    queue.put(JobRow(setting, seconds, peak_mb, score, fraction))
+    if result.region:
+        fraction = result.region.fraction_of(n_slices, card.preprocessing.slice_size)
+    else:
+        fraction = 0.0 if result.message else 1.0
+    queue.put(JobRow(setting, seconds, peak_mb, score, fraction, result.message))
 
 
 def bench_job(ct_path: Path, reference_path: Path, setting: JobSetting, threads: int) -> JobRow:
@@ -198,6 +230,13 @@ def format_job_table(rows: Sequence[JobRow]) -> str:
     return "\n".join(lines)
 
 
+def format_no_target_line(no_target: JobRow, default: JobRow) -> str:
+    stages = ", ".join(f"{stage} {value:.2f}" for stage, value in no_target.seconds.items())
+    return (f"total {no_target.total:.2f} s ({no_target.total / default.total:.2f}x the CT with pancreas), peak "
+            f"{no_target.peak_mb:.0f} MB, pixels run {no_target.fraction:.1%}; stages (s): {stages}\n"
+            f"the job says: {no_target.message or 'a region was found and segmented (false positives: the CT has no pancreas)'}")
+
+
 def resample_like(ct_path: Path, reference_path: Path, folder: Path, size: tuple[int, int, int]) -> tuple[Path, Path]:
     """The sample CT resampled (linearly) to `size` voxels over the same physical extent, and its
     reference mask on that grid (nearest): a realistic 512x512 abdominal CT for timing the job."""
@@ -210,6 +249,34 @@ def resample_like(ct_path: Path, reference_path: Path, folder: Path, size: tuple
     paths = folder / f"ct_{name}.nii.gz", folder / f"pancreas_{name}.nii.gz"
     sitk.WriteImage(resampled, str(paths[0]), useCompression=True)
     sitk.WriteImage(reference, str(paths[1]), useCompression=True)
+    return paths
+
+
+def without_target(ct_path: Path, reference_path: Path, folder: Path) -> tuple[Path, Path]:
+    """The longest run of the CT's slices that are all at least FAR_FROM_TARGET_MM from every
+    reference slice (real CT without pancreas: the pelvis of the sample CT), with an empty
+    reference, as files in `folder`."""
+    from liteseg.io.geometry import slice_orientation
+
+    ct, reference = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(reference_path))
+    far = far_slice_mask(reference)
+    best, start = (0, 0), None
+    for index, flag in enumerate(list(far) + [False]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            best, start = max(best, (start, index), key=lambda run: run[1] - run[0]), None
+    orientation = slice_orientation(ct)
+    array_axis, n_slices = orientation.permutation[0], len(far)  # the array axis of the canonical slices
+    first, stop = (n_slices - best[1], n_slices - best[0]) if orientation.flip[0] else best
+    size, index = list(ct.GetSize()), [0, 0, 0]
+    index[2 - array_axis], size[2 - array_axis] = first, stop - first  # SimpleITK indexes (x, y, z)
+    slab = sitk.RegionOfInterest(ct, size, index)
+    paths = folder / "ct_without_pancreas.nii.gz", folder / "empty_reference.nii.gz"
+    sitk.WriteImage(slab, str(paths[0]), useCompression=True)
+    empty = sitk.Image(slab.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(slab)
+    sitk.WriteImage(empty, str(paths[1]))
     return paths
 
 
@@ -237,6 +304,10 @@ def run_bench(
     if not end_to_end:
         return
     ct_path, reference_path = fetch_sample(SAMPLE_CT), fetch_sample(SAMPLE_PANCREAS)
+    log(f"\n{conversion_line()}")
+    log("\nBackends on real cases (bundled MoNet; change of Dice against PyTorch float32, the rule "
+        f"for a backend to be chosen: at most {MAX_DICE_CHANGE}):")
+    log(format_backend_table(*backend_rows(ct_path, reference_path)))
     with tempfile.TemporaryDirectory() as folder:
         job_ct, job_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 150))
         rows = [bench_job(job_ct, job_reference, setting, threads) for setting in JOB_SETTINGS]
@@ -244,6 +315,12 @@ def run_bench(
                "fresh process each; Dice against the resampled reference:")
         log(format_job_table(rows))
         default = rows[-1]
+        (Path(folder) / "no-target").mkdir()
+        slab, empty = without_target(ct_path, reference_path, Path(folder) / "no-target")
+        no_target = bench_job(*resample_like(slab, empty, Path(folder) / "no-target", (512, 512, 150)), default.setting, threads)
+        log("\nThe same default job on a CT without pancreas (the sample CT's slices at least "
+            f"{FAR_FROM_TARGET_MM:g} mm from its pancreas, the pelvis, resampled to 512x512x150; target: at most 1.5x):")
+        log(format_no_target_line(no_target, default))
         try:
             peer = bench_peer(str(job_ct), threads)
         except LiteSegError as error:
@@ -254,7 +331,7 @@ def run_bench(
         log("\nTime from cancel to return (engine; the flag set by a timer at 40 % of the run):")
         log(format_cancel_table(cancel_rows(sitk.ReadImage(str(job_ct)))))
         big_ct, big_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, memory_slices))
-        rows = [bench_job(big_ct, big_reference, setting, threads) for setting in JOB_SETTINGS[1:]]
+        rows = [bench_job(big_ct, big_reference, setting, threads) for setting in MEMORY_SETTINGS]
         log(f"\nMemory, 512x512x{memory_slices} CT (the sample CT resampled; target: peak at most 2 GB):")
         log(format_job_table(rows))
         log("\nLocalisation against full-volume inference (fast backend), real cases:")

@@ -44,6 +44,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     sites.add_argument("--local-epochs", type=int, default=1, metavar="N", help="epochs each site trains per round (default 1)")
     sites.add_argument("--fraction-train", type=float, default=1.0, metavar="F",
                        help="fraction of the connected sites sampled to train in a round (default 1: all)")
+    sites.add_argument("--server-lr", type=float, default=1.0, metavar="ETA",
+                       help="server learning rate: the global model moves ETA times the sites' averaged update (default 1: "
+                       "plain FedAvg; about the number of equal sites makes a round progress like one centralised epoch)")
     sites.add_argument("--min-sites", type=int, default=None, metavar="N",
                        help="sites that must be connected before a round starts (default: all of them)")
     sites.add_argument("--round-timeout", type=float, default=3600.0, metavar="S",
@@ -84,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> FederatedConfig:
     return FederatedConfig(
         dataset=str(dataset.resolve()), output=str(args.output.resolve()), name=args.name, version=args.version,
         network=args.network, rounds=args.rounds, local_epochs=args.local_epochs, fraction_train=args.fraction_train,
+        server_lr=args.server_lr,
         min_sites=args.min_sites or len(shares), site_shares=shares, round_timeout=args.round_timeout,
         connect_timeout=args.connect_timeout, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, label_values=tuple(args.label_values), empty_slice_ratio=args.empty_slice_ratio,

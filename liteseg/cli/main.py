@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--localise", action=argparse.BooleanOptionalAction, default=None,
                          help="a coarse pass over every few slices first, then segment only the region it "
                          "finds (default: the model card's choice; on for the bundled pancreas model)")
-    segment.add_argument("--backend", choices=BACKENDS, default="fast",
-                         help="fast = BatchNorm folded + channels-last (default); eager = the network as trained")
+    segment.add_argument("--backend", choices=BACKENDS, default="auto",
+                         help="auto (default): openvino where installed (bfloat16 on CPUs with native bfloat16), else fast; "
+                         "openvino = OpenVINO float32 (pip install 'liteseg[openvino]'); fast = PyTorch, BatchNorm folded + "
+                         "channels-last; eager = the network as trained")
     segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the backend's best)")
     segment.add_argument("--folder", action="store_true", help="segment every volume in the INPUT folder into the OUTPUT folder")
     segment.add_argument("--allow-non-ct", action="store_true", help="skip the check that a CT model gets Hounsfield units")

@@ -49,10 +49,11 @@ def held_out_patients(card: ModelCard) -> list[str]:
 
 def evaluate_slice_patients(
     cases: Sequence, patients: Sequence[str], network: nn.Module, card: ModelCard,
-    progress: Optional[ProgressCallback] = None,
+    progress: Optional[ProgressCallback] = None, backend: str = "auto",
 ) -> list[PatientDice]:
     """Per-patient pooled Dice of `patients` (slice-dataset cases), whole slices segmented by
-    `segment_image` with the card's threshold and no localisation (the slices are not contiguous)."""
+    `segment_image` with the card's threshold and no localisation (the slices are not contiguous),
+    the network executed by `backend` (see `liteseg.segmentation.runtime`)."""
     by_patient = {case.patient: case for case in cases if isinstance(case, SlicePatient)}
     missing = sorted(set(patients) - set(by_patient))
     if missing:
@@ -62,7 +63,7 @@ def evaluate_slice_patients(
         image, reference = by_patient[patient].read((1,), card.preprocessing)
         # The slices hold clip(HU, 0, 255): no air, so the CT check does not apply.
         labels = segment_image(image, network, card.preprocessing, threshold=card.threshold,
-                               allow_non_ct=True).labelmap
+                               allow_non_ct=True, backend=backend).labelmap
         pred, ref = sitk.GetArrayViewFromImage(labels) > 0, sitk.GetArrayViewFromImage(reference) > 0
         rows.append(PatientDice(patient, pred.shape[0], dice(pred, ref), int(pred.sum()), int(ref.sum())))
         if progress is not None:

@@ -33,6 +33,7 @@ class FederatedConfig:
     rounds: int = 10
     local_epochs: int = 1
     fraction_train: float = 1.0  # fraction of the connected sites that train in a round
+    server_lr: float = 1.0  # server learning rate on the averaged update (1: plain FedAvg)
     min_sites: int = 2  # sites that must be connected before a round starts
     site_shares: tuple[float, ...] = (1.0, 1.0)  # relative numbers of patients per site (partitioned data)
     round_timeout: float = 3600.0  # seconds the server waits for replies in a round
@@ -69,6 +70,7 @@ class FederatedConfig:
             (self.rounds < 1, f"rounds must be at least 1, got {self.rounds}"),
             (self.local_epochs < 1, f"local epochs must be at least 1, got {self.local_epochs}"),
             (not 0 < self.fraction_train <= 1, f"fraction of sites must be in (0, 1], got {self.fraction_train}"),
+            (not self.server_lr > 0, f"server learning rate must be positive, got {self.server_lr}"),
             (self.min_sites < 1, f"minimum number of sites must be at least 1, got {self.min_sites}"),
             (not self.site_shares or min(self.site_shares) <= 0,
              f"site shares must be positive numbers, got {' '.join(f'{s:g}' for s in self.site_shares)}"),

@@ -58,6 +58,20 @@ def wait_for_sites(grid: Grid, config: FederatedConfig) -> None:
         time.sleep(0.5)
 
 
+def server_step(network: torch.nn.Module, averaged: dict[str, torch.Tensor], server_lr: float) -> dict[str, torch.Tensor]:
+    """The next global state: trainable parameters move `server_lr` times the averaged update
+    (w + lr * (average - w); lr 1 is the average itself), buffers (BatchNorm statistics, batch
+    counters) are the average, since extrapolating them could make a variance negative."""
+    parameters = dict(network.named_parameters())
+    state = {}
+    for key, value in averaged.items():
+        if key in parameters and server_lr != 1.0:
+            current = parameters[key].detach()
+            value = current + server_lr * (value.to(current.dtype) - current)
+        state[key] = value
+    return state
+
+
 class Server:
     """The rounds of one run, resumable from `<output>/checkpoint.pt`."""
 
@@ -132,7 +146,7 @@ class Server:
         if not valid:
             raise LiteSegError(f"round {server_round}: no site returned a model ({'; '.join(failures) or 'no site sampled'})")
         aggregated, _ = self.strategy.aggregate_train(server_round, valid)
-        self.network.load_state_dict(aggregated.to_torch_state_dict())
+        self.network.load_state_dict(server_step(self.network, aggregated.to_torch_state_dict(), self.config.server_lr))
         sites = [self._site_entry(reply, sent) for reply in valid]
         replied = sum(s["sent_bytes"] for s in sites)
         entry = {
@@ -182,7 +196,8 @@ class Server:
             "training": {
                 "federated": {
                     "framework": "Flower (flwr), Message API",
-                    "strategy": f"FedAvg weighted by training slices seen, fraction of sites {config.fraction_train:g}",
+                    "strategy": (f"FedAvg weighted by training slices seen, fraction of sites {config.fraction_train:g}, "
+                                 f"server learning rate {config.server_lr:g} on the parameters (BatchNorm statistics averaged)"),
                     "rounds": len(self.history),
                     "local_epochs": config.local_epochs,
                     "sites": sorted({s["site"] for h in self.history for s in h["sites"]}),

@@ -164,7 +164,7 @@ def segment_image(
     batch_size: Optional[int] = None,
     allow_non_ct: bool = False,
     localisation: Optional[Localisation] = None,
-    backend: str = "fast",
+    backend: str = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
 ) -> SegmentationResult:

@@ -1,6 +1,10 @@
 """How a trained 2D network is executed for inference on the CPU (same results up to float rounding).
 
-- "fast" (default): BatchNorm folded into the preceding convolutions, weights and activations in
+- "auto" (default): the fastest available here: "openvino-bf16" on CPUs with native bfloat16,
+  "openvino" where OpenVINO is installed, "fast" otherwise.
+- "openvino": OpenVINO's CPU plugin, float32 (optional extra; `liteseg.segmentation.openvino_runtime`).
+- "openvino-bf16": the same in bfloat16, only on CPUs with AVX512-BF16 or AMX.
+- "fast": BatchNorm folded into the preceding convolutions, weights and activations in
   channels-last layout (oneDNN's fast path), run in small batches (`batch_for`): MoNet's
   activations are large and its convolutions memory-bound, so batches that stay in cache win.
 - "eager": the network as trained (float32, NCHW, BatchNorm as its own layer): the naive path.
@@ -20,7 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from liteseg.errors import LiteSegError
 
-BACKENDS = ("fast", "eager")
+BACKENDS = ("auto", "openvino", "openvino-bf16", "fast", "eager")
 BATCH_PIXELS = 2 * 256 * 256  # pixels per "fast" batch: two 256x256 slices
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -65,13 +69,29 @@ def fast_runner(network: nn.Module) -> Runner:
     return run
 
 
-def make_runner(network: nn.Module, backend: str = "fast") -> Runner:
-    """The runner of `network` for a backend name of BACKENDS."""
+def resolve_backend(backend: str) -> str:
+    """The backend `backend` names ("auto": the fastest available on this machine)."""
     if backend not in BACKENDS:
         raise LiteSegError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    from liteseg.segmentation.openvino_runtime import cpu_supports_bfloat16, openvino_available
+
+    if not openvino_available():
+        return "fast"
+    return "openvino-bf16" if cpu_supports_bfloat16() else "openvino"
+
+
+def make_runner(network: nn.Module, backend: str = "auto") -> Runner:
+    """The runner of `network` for a backend name of BACKENDS."""
+    backend = resolve_backend(backend)
+    if backend.startswith("openvino"):
+        from liteseg.segmentation.openvino_runtime import openvino_runner
+
+        return openvino_runner(network, "bfloat16" if backend == "openvino-bf16" else "float32")
     return fast_runner(network) if backend == "fast" else eager_runner(network)
 
 
 def batch_for(slice_size: tuple[int, int], backend: str) -> int:
-    """Slices per batch: about BATCH_PIXELS pixels for "fast", 16 slices for the naive "eager"."""
-    return max(1, BATCH_PIXELS // (slice_size[0] * slice_size[1])) if backend == "fast" else 16
+    """Slices per batch: about BATCH_PIXELS pixels, except 16 slices for the naive "eager"."""
+    return 16 if resolve_backend(backend) == "eager" else max(1, BATCH_PIXELS // (slice_size[0] * slice_size[1]))
