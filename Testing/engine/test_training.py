@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from liteseg.cli.train import cases_from_args, configure_parser
 from liteseg.errors import LiteSegError
 from liteseg.io.modelcard import ModelCard, load_network, sha256_file
+from liteseg.models import build_model
 from liteseg.segmentation.preprocessing import Preprocessing
 from liteseg.training import (
     Case,
@@ -249,3 +251,24 @@ def test_split_by_named_validation_patients_holds_out_exactly_those():
         split_by_patient(cases, 0.3, val_patients=("Z",))
     with pytest.raises(LiteSegError, match="nothing is left to train on"):
         split_by_patient(cases, 0.3, val_patients=tuple("ABCD"))
+
+
+def test_bfloat16_training_steps_and_warns_where_the_cpu_only_emulates_it():
+    from liteseg.training.datasets import Slices
+    from liteseg.training.trainer import train_epoch
+
+    torch.manual_seed(0)
+    network = build_model("pocket_unet2d", in_channels=1, out_channels=1)
+    before = [p.detach().clone() for p in network.parameters()]
+    labels = torch.zeros(2, 1, 32, 32, dtype=torch.uint8)
+    labels[:, :, 10:20, 10:20] = 1
+    slices = Slices(torch.rand(2, 1, 32, 32).half(), labels)
+    optimizer = torch.optim.NAdam(network.parameters(), lr=1e-3)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = train_epoch(network, optimizer, slices, torch.arange(2), 2, torch.Generator().manual_seed(0),
+                           torch.device("cpu"), True, None)
+    assert 0.0 < loss <= 1.0 and any(not torch.equal(a, b) for a, b in zip(before, network.parameters()))
+    emulated = [w for w in caught if "bfloat16 training is emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)

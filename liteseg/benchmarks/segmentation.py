@@ -294,6 +294,7 @@ def run_bench(
     cancel to return on it, and the memory of the fast settings on a 512x512x`memory_slices` CT;
     each table goes to `log` when done (the CLI prints)."""
     from liteseg.io.data import SAMPLE_CT, SAMPLE_PANCREAS, fetch_sample
+    from liteseg.segmentation.inference import load_model
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -307,7 +308,7 @@ def run_bench(
     log(f"\n{conversion_line()}")
     log("\nBackends on real cases (bundled MoNet; change of Dice against PyTorch float32, the rule "
         f"for a backend to be chosen: at most {MAX_DICE_CHANGE}):")
-    log(format_backend_table(*backend_rows(ct_path, reference_path)))
+    log(format_backend_table(*backend_rows(*load_model(), ct_path, reference_path)))
     with tempfile.TemporaryDirectory() as folder:
         job_ct, job_reference = resample_like(ct_path, reference_path, Path(folder), (512, 512, 150))
         rows = [bench_job(job_ct, job_reference, setting, threads) for setting in JOB_SETTINGS]

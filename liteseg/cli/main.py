@@ -276,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     configure_federated_parser(federated)
     federated.set_defaults(run=run_federated)
 
+    quantize = commands.add_parser("quantize", help="an int8 OpenVINO model of a 2D model, checked against float32 "
+                                   "(pip install 'liteseg[int8]')")
+    from liteseg.cli.quantize import configure_parser as configure_quantize_parser, run as run_quantize
+
+    configure_quantize_parser(quantize)
+    quantize.set_defaults(run=run_quantize)
+
     detect = commands.add_parser("detect", help="LowRes two-stage detection: labelmap plus a CSV of detected objects")
     from liteseg.cli.detect import configure_detect_parser, run_detect
 

@@ -70,7 +70,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="passes over the drawn training slices per epoch, for small data sets (default 1)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: mixed-precision forward passes (about 2x faster on CPUs with AVX512-BF16 "
-                        "or AMX; weights stay float32); default float32")
+                        "or AMX, emulated and several times slower on other CPUs; weights stay float32); default float32")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (same options)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto = cuda when available, else cpu")

@@ -247,12 +247,17 @@ def with_card_defaults(card: ModelCard, options: dict) -> dict:
 
 def load_model(model: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, ModelCard]:
     """The network (checksum verified, eval mode) and card of a bundled model name or card path;
-    a card that is not a slice segmentation model (e.g. a LowRes detector) is refused."""
+    a card that is not a slice segmentation model (e.g. a LowRes detector) is refused. A checked
+    int8 model beside the card becomes the network's "openvino-int8" form (see `quantization`)."""
+    from liteseg.segmentation.quantization import register_card_int8
+
     card = find_card(model)
     if not card.segments_slices:
         raise WeightsError(f"model {card.name!r} (network {card.network}) is not a slice-by-slice segmentation model: "
                            "use it for detection (liteseg detect, the LowResDetect module)")
-    return load_network(card), card
+    network = load_network(card)
+    register_card_int8(card, network)
+    return network, card
 
 
 def segment_file(

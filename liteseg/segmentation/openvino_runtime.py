@@ -4,7 +4,9 @@ OpenVINO's CPU plugin fuses MoNet's ELUs and BatchNorms into its convolutions, w
 eager fusion does not. Converting a PyTorch network takes seconds, so the converted model is kept
 in liteseg's cache folder (`LITESEG_CACHE`, default `~/.cache/liteseg`) keyed by the network's
 weights and the OpenVINO version, and compiled models are kept in memory for the rest of the
-process. Precision: float32, or bfloat16 on CPUs that report BF16 support.
+process. Precision: float32, bfloat16 on CPUs that report BF16 support, or int8 where a
+quantised model of the same weights was made by `liteseg quantize` (`liteseg.segmentation.quantization`)
+and registered when its card was loaded.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from liteseg.errors import LiteSegError
 from liteseg.io.data import cache_dir
 
 OPENVINO_MISSING = "the openvino backend needs OpenVINO: pip install 'liteseg[openvino]'"
-PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}  # ours -> OpenVINO's inference precision hint
+PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # ours -> OpenVINO's precision hint
+# (an int8 model runs its quantised layers in int8 whatever the hint; the rest stays float32)
 
 _compiled: dict[tuple[str, str, int], object] = {}  # (network key, precision, threads) -> CompiledModel
+_int8_models: dict[str, Path] = {}  # network key -> its quantised OpenVINO model (.xml beside its .bin)
 
 
 def openvino_available() -> bool:
@@ -53,6 +57,15 @@ def network_key(network: nn.Module) -> str:
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def register_int8(network: nn.Module, model: Path) -> None:
+    """Make `model` (a quantised OpenVINO model of exactly these weights) the int8 form of `network`."""
+    _int8_models[network_key(network)] = Path(model)
+
+
+def has_int8(network: nn.Module) -> bool:
+    return network_key(network) in _int8_models
 
 
 def converted_model(network: nn.Module, key: str):
@@ -88,9 +101,12 @@ def openvino_runner(network: nn.Module, precision: str = "float32") -> Callable[
     network.eval()
     threads = torch.get_num_threads()
     key = network_key(network)
+    if precision == "int8" and key not in _int8_models:
+        raise LiteSegError("no int8 model of these weights: make one with liteseg quantize (needs liteseg[int8])")
     compiled = _compiled.get((key, precision, threads))
     if compiled is None:
-        compiled = _openvino().Core().compile_model(converted_model(network, key), "CPU", {
+        model = _openvino().Core().read_model(_int8_models[key]) if precision == "int8" else converted_model(network, key)
+        compiled = _openvino().Core().compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY"})
         _compiled[(key, precision, threads)] = compiled

@@ -1,9 +1,11 @@
 """How a trained 2D network is executed for inference on the CPU (same results up to float rounding).
 
-- "auto" (default): the fastest available here: "openvino-bf16" on CPUs with native bfloat16,
-  "openvino" where OpenVINO is installed, "fast" otherwise.
+- "auto" (default): the fastest available here: "openvino-int8" for weights with a checked int8
+  model, else "openvino-bf16" on CPUs with native bfloat16, else "openvino" where OpenVINO is
+  installed, else "fast".
 - "openvino": OpenVINO's CPU plugin, float32 (optional extra; `liteseg.segmentation.openvino_runtime`).
 - "openvino-bf16": the same in bfloat16, only on CPUs with AVX512-BF16 or AMX.
+- "openvino-int8": the int8 model `liteseg quantize` made of the same weights (`liteseg.segmentation.quantization`).
 - "fast": BatchNorm folded into the preceding convolutions, weights and activations in
   channels-last layout (oneDNN's fast path), run in small batches (`batch_for`): MoNet's
   activations are large and its convolutions memory-bound, so batches that stay in cache win.
@@ -16,7 +18,7 @@ measured too and were not faster than "fast" on our CPUs, so they are not offere
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -24,7 +26,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from liteseg.errors import LiteSegError
 
-BACKENDS = ("auto", "openvino", "openvino-bf16", "fast", "eager")
+BACKENDS = ("auto", "openvino", "openvino-bf16", "openvino-int8", "fast", "eager")
+OPENVINO_PRECISIONS = {"openvino": "float32", "openvino-bf16": "bfloat16", "openvino-int8": "int8"}
 BATCH_PIXELS = 2 * 256 * 256  # pixels per "fast" batch: two 256x256 slices
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -69,26 +72,28 @@ def fast_runner(network: nn.Module) -> Runner:
     return run
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend `backend` names ("auto": the fastest available on this machine)."""
+def resolve_backend(backend: str, network: Optional[nn.Module] = None) -> str:
+    """The backend `backend` names ("auto": the fastest available on this machine for `network`)."""
     if backend not in BACKENDS:
         raise LiteSegError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    from liteseg.segmentation.openvino_runtime import cpu_supports_bfloat16, openvino_available
+    from liteseg.segmentation.openvino_runtime import cpu_supports_bfloat16, has_int8, openvino_available
 
     if not openvino_available():
         return "fast"
+    if network is not None and has_int8(network):
+        return "openvino-int8"
     return "openvino-bf16" if cpu_supports_bfloat16() else "openvino"
 
 
 def make_runner(network: nn.Module, backend: str = "auto") -> Runner:
     """The runner of `network` for a backend name of BACKENDS."""
-    backend = resolve_backend(backend)
-    if backend.startswith("openvino"):
+    backend = resolve_backend(backend, network)
+    if backend in OPENVINO_PRECISIONS:
         from liteseg.segmentation.openvino_runtime import openvino_runner
 
-        return openvino_runner(network, "bfloat16" if backend == "openvino-bf16" else "float32")
+        return openvino_runner(network, OPENVINO_PRECISIONS[backend])
     return fast_runner(network) if backend == "fast" else eager_runner(network)
 
 
