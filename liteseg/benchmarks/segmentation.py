@@ -335,7 +335,7 @@ def run_bench(
         rows = [bench_job(big_ct, big_reference, setting, threads) for setting in MEMORY_SETTINGS]
         log(f"\nMemory, 512x512x{memory_slices} CT (the sample CT resampled; target: peak at most 2 GB):")
         log(format_job_table(rows))
-        log("\nLocalisation against full-volume inference (fast backend), real cases:")
+        log("\nLocalisation against full-volume inference (default backend), real cases:")
         log(format_localisation_table(localisation_check(ct_path, reference_path, job_ct, job_reference)))
 
 

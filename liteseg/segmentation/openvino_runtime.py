@@ -11,6 +11,7 @@ and registered when its card was loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -45,9 +46,16 @@ def _openvino():
     return openvino
 
 
+@functools.lru_cache(maxsize=1)
+def _core():
+    """The process's one OpenVINO runtime core."""
+    return _openvino().Core()
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bfloat16() -> bool:
     """Whether OpenVINO's CPU plugin reports native bfloat16 (AVX512-BF16 or AMX) on this machine."""
-    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def network_key(network: nn.Module) -> str:
@@ -75,7 +83,7 @@ def converted_model(network: nn.Module, key: str):
     path = cache_dir() / "openvino" / f"{key}.xml"
     if path.is_file() and path.with_suffix(".bin").is_file():
         try:
-            return openvino.Core().read_model(path)
+            return _core().read_model(path)
         except RuntimeError:
             pass  # a damaged cache entry: convert again and replace it
     model = openvino.convert_model(network.eval(), example_input=torch.zeros(1, 1, 256, 256))
@@ -105,8 +113,8 @@ def openvino_runner(network: nn.Module, precision: str = "float32") -> Callable[
         raise LiteSegError("no int8 model of these weights: make one with liteseg quantize (needs liteseg[int8])")
     compiled = _compiled.get((key, precision, threads))
     if compiled is None:
-        model = _openvino().Core().read_model(_int8_models[key]) if precision == "int8" else converted_model(network, key)
-        compiled = _openvino().Core().compile_model(model, "CPU", {
+        model = _core().read_model(_int8_models[key]) if precision == "int8" else converted_model(network, key)
+        compiled = _core().compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY"})
         _compiled[(key, precision, threads)] = compiled
