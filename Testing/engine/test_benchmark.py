@@ -119,9 +119,10 @@ def test_openvino_keeps_the_sample_ct_dice_of_float32_and_missing_slices_are_sai
                                                                                  tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     from liteseg.benchmarks.precision import backend_rows
+    from liteseg.segmentation.inference import load_model
 
     monkeypatch.setenv("LITESEG_CACHE", str(tmp_path / "cache"))
-    rows, note = backend_rows(sample_ct_path, sample_pancreas_path, tmp_path / "missing.json")
+    rows, note = backend_rows(*load_model(), sample_ct_path, sample_pancreas_path, tmp_path / "missing.json")
     assert note.startswith("held-out patients not checked: dataset not found")
     fast, openvino = rows[0], rows[1]
     assert fast.backend == "fast" and openvino.backend == "openvino" and not openvino.skipped

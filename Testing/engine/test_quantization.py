@@ -72,3 +72,34 @@ def test_an_int8_model_that_failed_its_check_or_its_checksum_is_not_used(quantis
         network, _ = load_model(card_path)
     assert any("does not match its card: running in float32" in str(w.message) for w in caught)
     assert resolve_backend("auto", network) != "openvino-int8"
+
+
+def test_liteseg_quantize_calibrates_on_training_patients_checks_the_held_out_ones_and_records_it(
+        tmp_path, monkeypatch, capsys, sample_ct_path):
+    import shutil
+
+    from liteseg.cli.main import main
+    from liteseg.io.modelcard import find_card
+    from test_slice_dataset import synthetic_slices, write_dataset
+
+    monkeypatch.setenv("LITESEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(openvino_runtime, "_compiled", {})
+    monkeypatch.setattr(openvino_runtime, "_int8_models", {})
+    bundled = find_card("monet-pancreas-nih")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(bundled.weights_path, folder / bundled.weights_path.name)
+    data = json.loads(bundled.path.read_text())
+    data["training"]["validation_data"] = [{"patient": "P0"}]
+    card_path = folder / "card.json"
+    card_path.write_text(json.dumps(data))
+    (tmp_path / "slices").mkdir()
+    dataset = write_dataset(tmp_path / "slices", synthetic_slices(3, 2, seed=0))
+    assert main(["--threads", "2", "quantize", "--model", str(card_path), "--slices", str(dataset), "--per-patient", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 2 slices of 2 training patients" in out and "held-out patients: P0" in out
+    entry = json.loads(card_path.read_text())["int8"]
+    assert entry["calibration_patients"] == ["P1", "P2"] and list(entry["check"]["held_out_dice_change"]) == ["P0"]
+    assert entry["sha256_bin"] == sha256_file(folder / "monet-pancreas-nih.int8.bin")
+    assert entry["check"]["passed"] == (entry["check"]["largest_change"] <= 0.005)
+    assert "passed: auto takes it" in out if entry["check"]["passed"] else "not passed: auto keeps float32" in out

@@ -49,11 +49,11 @@ def quantize_network(network: nn.Module, batches: list[np.ndarray], output: Path
         import nncf
     except ImportError:
         raise LiteSegError(NNCF_MISSING) from None
-    import openvino
-
     from liteseg.segmentation.openvino_runtime import converted_model, network_key
 
-    model = converted_model(network, network_key(network))
+    model = converted_model(network, network_key(network))  # says so when OpenVINO is missing
+    import openvino
+
     quantised = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     openvino.save_model(quantised, output, compress_to_fp16=False)
     return output
