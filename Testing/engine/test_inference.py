@@ -86,9 +86,11 @@ def test_resizing_to_256_and_back_keeps_the_object_in_place(name):
 def test_progress_reaches_one_and_cancel_stops():
     image = phantom_image(np.eye(3))
     preprocessing = Preprocessing(slice_size=(64, 64))
-    fractions = []
-    segment_image(image, WindowNet(preprocessing), preprocessing, batch_size=4, progress=lambda f, m: fractions.append(f))
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 5  # 18 slices / 4
+    reports = []
+    segment_image(image, WindowNet(preprocessing), preprocessing, batch_size=4, progress=lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 6  # preparing, then 18 slices / 4
+    assert reports[0] == (0.0, "preparing the network")
     cancel = threading.Event()
 
     def cancel_after_first(fraction, message):

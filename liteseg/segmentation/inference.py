@@ -192,6 +192,8 @@ def segment_image(
         raise InvalidImageError(f"input is a single slice that is not axial (canonical shape {volume.shape}): "
                                 "this model segments axial slices")
     normalise = preprocessing.normalizer(volume)
+    if progress is not None:
+        progress(0.0, "preparing the network")  # OpenVINO converts a network once per set of weights (seconds)
     runner = make_runner(network, backend)
     times["preprocess"] = time.perf_counter() - started
 
