@@ -201,7 +201,9 @@ def wait_for_file(path: Path, seconds: float) -> None:
 
 
 def test_a_localhost_deployment_runs_through_a_site_without_data_and_one_that_drops_out(dataset, tmp_path):
-    config = tiny_config(dataset, tmp_path / "run", rounds=3, round_timeout=30, connect_timeout=60, min_sites=2)
+    # round_timeout: a site's first reply starts a ClientApp process (torch, Flower, its data): 30 s
+    # was too short on a 2-core AVX2 machine running other jobs
+    config = tiny_config(dataset, tmp_path / "run", rounds=3, round_timeout=120, connect_timeout=60, min_sites=2)
     sites = [SiteSpec("site-0", dataset, 0, 2), SiteSpec("site-1", dataset, 1, 2),
              SiteSpec("site-2", missing := tmp_path / "missing.json")]
     started = time.monotonic()
@@ -216,7 +218,7 @@ def test_a_localhost_deployment_runs_through_a_site_without_data_and_one_that_dr
     for process in deployment.processes:  # every process stopped, with the ClientApp processes they started
         with pytest.raises(ProcessLookupError):
             os.killpg(process.pid, 0)
-    assert time.monotonic() - started < 400
+    assert time.monotonic() - started < 700  # connecting and round 1, then at most one round timeout per round
     card = ModelCard.read(outcome["card"])
     history = card.data["training"]["history"]
     assert [sorted(s["site"] for s in h["sites"]) for h in history] == [["site-0", "site-1"], ["site-0"], ["site-0"]]
