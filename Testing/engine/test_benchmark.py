@@ -151,3 +151,26 @@ def test_the_ct_without_target_is_the_longest_run_of_slices_far_from_the_referen
     np.testing.assert_array_equal(sitk.GetArrayFromImage(slab)[:, 0, 0], np.arange(16))  # slices 0-15: >= 30 mm from 25
     assert not sitk.GetArrayFromImage(empty).any()
     assert slab.TransformIndexToPhysicalPoint((0, 0, 0)) == sitk.ReadImage(str(paths[0])).TransformIndexToPhysicalPoint((0, 0, 0))
+
+
+def test_a_fresh_process_returns_the_result_raises_the_error_and_reports_a_crash():
+    import math
+    import os
+
+    from liteseg.benchmarks.fresh_process import run_in_fresh_process
+    from liteseg.errors import LiteSegError
+
+    assert run_in_fresh_process(os.getpid) != os.getpid()
+    assert run_in_fresh_process(math.factorial, 10) == 3628800
+    with pytest.raises(ValueError, match="math domain error"):
+        run_in_fresh_process(math.sqrt, -1.0)
+    with pytest.raises(LiteSegError, match=r"process of _exit failed \(exit 3\)"):
+        run_in_fresh_process(os._exit, 3)
+
+
+def test_the_job_bench_runs_the_whole_job_in_a_fresh_process_and_scores_it(sample_ct_path, sample_pancreas_path):
+    from liteseg.benchmarks.segmentation import JobSetting, bench_job
+
+    row = bench_job(sample_ct_path, sample_pancreas_path, JobSetting("fast, localised", "fast", None, True), 1)
+    assert list(row.seconds) == ["read", "preprocess", "localise", "inference", "postprocess", "write"]
+    assert row.dice > 0 and 0 < row.fraction < 1 and row.peak_mb > 100 and not row.message

@@ -25,6 +25,7 @@ from conftest import GEOMETRIES, phantom_image, physical_grid
 from liteseg.cli.detect import configure_detect_parser, run_detect
 from liteseg.components import Box
 from liteseg.detection.lowres import (
+    channels_last,
     detect_image,
     find_lowres_card,
     grown_cells,
@@ -418,10 +419,11 @@ def test_stage1_reports_progress_and_honours_cancel_before_every_convolution(max
     assert not any(m._forward_pre_hooks for m in network.stage1.modules())
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
 @pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_convolution_in_slabs_equals_the_whole_convolution(kernel):
-    conv = torch.nn.Conv3d(3, 4, kernel, padding=kernel // 2)
-    x = torch.randn(1, 3, 23, 9, 7, generator=torch.Generator().manual_seed(5))
+def test_convolution_in_slabs_equals_the_whole_convolution(kernel, layout):
+    conv = torch.nn.Conv3d(3, 4, kernel, padding=kernel // 2).to(memory_format=layout)
+    x = torch.randn(1, 3, 23, 9, 7, generator=torch.Generator().manual_seed(5)).contiguous(memory_format=layout)
     shares = []
     macs_per_row = 9 * 7 * 3 * kernel**3 * 4
     with torch.inference_mode():
@@ -430,6 +432,21 @@ def test_convolution_in_slabs_equals_the_whole_convolution(kernel):
             slabs = conv(x)
     assert shares == [first / 23 for first in range(0, 23, 5)]  # 5 rows per slab, the last 3
     torch.testing.assert_close(slabs, whole, rtol=1e-5, atol=1e-5)
+    assert slabs.is_contiguous(memory_format=layout)  # the layout oneDNN chose is kept for what follows
+
+
+def test_detection_runs_a_channels_last_copy_and_leaves_the_callers_network_as_it_was():
+    network = LowResNet().train()
+    before = {name: tensor.clone() for name, tensor in network.state_dict().items()}
+    fast = channels_last(network)
+    assert network.training and not fast.training
+    assert all(p.is_contiguous() for p in network.parameters())  # the caller's weights keep their layout
+    assert fast.stage2.refine1[0].body[1].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    for name, tensor in network.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+    volume = torch.rand(1, 1, 16, 24, 24, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.eval()(volume), network.eval()(volume), rtol=1e-4, atol=1e-4)
 
 
 def test_interruptible_convolutions_restore_the_modules_and_stop_where_the_callback_raises():

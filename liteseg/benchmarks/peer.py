@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import multiprocessing
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from liteseg.benchmarks.fresh_process import run_in_fresh_process
 from liteseg.benchmarks.memory import peak_rss_mb
 from liteseg.errors import LiteSegError
 
@@ -109,8 +109,8 @@ class PeerRow:
         return self.seconds["sliding window"]
 
 
-def peer_job(ct_path: str, threads: int, queue) -> None:
-    """The replica's whole job in a fresh process: read, resample to 3 mm, z-score, sliding
+def peer_job(ct_path: str, threads: int) -> PeerRow:
+    """The replica's whole job (run in a fresh process): read, resample to 3 mm, z-score, sliding
     window, argmax, resample back (nearest), write."""
     import tempfile
     from pathlib import Path
@@ -140,19 +140,13 @@ def peer_job(ct_path: str, threads: int, queue) -> None:
     with tempfile.TemporaryDirectory() as folder:
         sitk.WriteImage(full, str(Path(folder) / "seg.nii.gz"), useCompression=True)
     seconds["write"] = time.perf_counter() - started
-    queue.put(PeerRow(seconds, tuple(array.shape), windows, peak_rss_mb()))
+    return PeerRow(seconds, tuple(array.shape), windows, peak_rss_mb())
 
 
 def bench_peer(ct_path: str, threads: int) -> PeerRow:
     """`peer_job` in a fresh process (its peak memory its own)."""
     plain_conv_unet()  # a missing dependency is said here, not in the child
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=peer_job, args=(str(ct_path), threads, queue))
-    process.start()
-    row = queue.get()
-    process.join()
-    return row
+    return run_in_fresh_process(peer_job, str(ct_path), threads)
 
 
 def format_peer_table(peer: PeerRow, ours_total: float, ours_network: float) -> str:

@@ -6,7 +6,6 @@ with the machine and its load: compare ratios measured in the same run.
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
 import tempfile
 import time
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from liteseg.benchmarks.cancel import cancel_rows, format_cancel_table
+from liteseg.benchmarks.fresh_process import run_in_fresh_process
 from liteseg.benchmarks.memory import peak_rss_mb
 from liteseg.benchmarks.peer import bench_peer, format_peer_table
 from liteseg.benchmarks.precision import MAX_DICE_CHANGE, backend_rows, format_backend_table
@@ -90,7 +90,8 @@ class NetworkRow:
 
 
 def bench_networks(names: Sequence[str], n_slices: int, batch_size: int, repeats: int) -> list[NetworkRow]:
-    """Eager float32 NCHW rows (the paper's setting), then MoNet on the fast backend at its batch size."""
+    """Eager float32 NCHW rows (the paper's setting), then MoNet on each other backend available
+    here (fast, OpenVINO float32, OpenVINO bfloat16 on CPUs with native bfloat16) at its batch size."""
     rows = []
     for name in names:
         network = build_model(name).eval()
@@ -98,11 +99,11 @@ def bench_networks(names: Sequence[str], n_slices: int, batch_size: int, repeats
         rows.append(NetworkRow(name, seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
     if "monet" in names:
         network = build_model("monet").eval()
-        for backend in ("fast", "openvino"):
+        for backend in ("fast", "openvino", "openvino-bf16"):
             try:
                 runner = make_runner(network, backend)
             except LiteSegError:
-                continue  # OpenVINO not installed: the backend table says so
+                continue  # OpenVINO not installed, or no native bfloat16: the backend table says so
             seconds = statistics.median(time_slices(runner, n_slices, batch_for(SLICE, backend), repeats))
             rows.append(NetworkRow(f"monet {backend}", seconds, flops_per_slice(network) / 1e9, state_dict_megabytes(network)))
     return rows
@@ -111,7 +112,7 @@ def bench_networks(names: Sequence[str], n_slices: int, batch_size: int, repeats
 def format_network_table(rows: Sequence[NetworkRow], n_slices: int, matmul: float) -> str:
     monet = next((r for r in rows if r.name == "monet"), rows[0])
     header = (
-        f"{'network':<15} {'median s':>9} {'x MoNet':>8} {'GFLOP/slice':>12} {'GFLOP/s':>8} "
+        f"{'network':<19} {'median s':>9} {'x MoNet':>8} {'GFLOP/slice':>12} {'GFLOP/s':>8} "
         f"{'of matmul':>9} {'state MB':>9} | {'paper s':>8} {'paper x':>8} {'paper MB':>9}"
     )
     lines = [header, "-" * len(header)]
@@ -119,7 +120,7 @@ def format_network_table(rows: Sequence[NetworkRow], n_slices: int, matmul: floa
     for r in rows:
         paper_s, paper_mb = PAPER_FIGURES.get(r.name, (float("nan"), float("nan")))
         lines.append(
-            f"{r.name:<15} {r.seconds:>9.2f} {r.seconds / monet.seconds:>8.2f} {r.gflop_per_slice:>12.2f} "
+            f"{r.name:<19} {r.seconds:>9.2f} {r.seconds / monet.seconds:>8.2f} {r.gflop_per_slice:>12.2f} "
             f"{r.gflops(n_slices):>8.1f} {r.gflops(n_slices) / matmul:>9.1%} {r.state_mb:>9.1f} | "
             f"{paper_s:>8.2f} {paper_s / paper_monet:>8.2f} {paper_mb:>9.1f}"
         )
@@ -179,8 +180,8 @@ class JobRow:
         return sum(self.seconds.values())
 
 
-def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, queue) -> None:
-    """One whole job in a fresh process (so that its peak RSS is its own): read, segment, write."""
+def job(ct_path: str, reference_path: str, setting: JobSetting, threads: int) -> JobRow:
+    """One whole job (run in a fresh process, so that its peak RSS is its own): read, segment, write."""
     from liteseg.evaluation.metrics import dice
     from liteseg.io.images import read_image, write_image
     from liteseg.segmentation.inference import load_model, segment_image
@@ -205,18 +206,12 @@ def _job(ct_path: str, reference_path: str, setting: JobSetting, threads: int, q
         fraction = result.region.fraction_of(n_slices, card.preprocessing.slice_size)
     else:
         fraction = 0.0 if result.message else 1.0
-    queue.put(JobRow(setting, seconds, peak_mb, score, fraction, result.message))
+    return JobRow(setting, seconds, peak_mb, score, fraction, result.message)
 
 
 def bench_job(ct_path: Path, reference_path: Path, setting: JobSetting, threads: int) -> JobRow:
     """Per-stage seconds, peak RSS and Dice of one job with the bundled model, in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_job, args=(str(ct_path), str(reference_path), setting, threads, queue))
-    process.start()
-    row = queue.get()
-    process.join()
-    return row
+    return run_in_fresh_process(job, str(ct_path), str(reference_path), setting, threads)
 
 
 def format_job_table(rows: Sequence[JobRow]) -> str:

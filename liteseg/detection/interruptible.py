@@ -38,15 +38,18 @@ def _forward_in_slabs(conv: nn.Conv3d, callback: SlabCallback, max_macs: int, ma
         callback(0.0)
         return nn.Conv3d.forward(conv, x)
     pad = conv.padding[0]
+    layout = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
     out = None
     for first in range(0, depth, rows):
         callback(first / depth)
         stop = min(first + rows, depth)
         low, high = max(first - pad, 0), min(stop + pad, depth)
-        part = F.pad(x[:, :, low:high], (0, 0, 0, 0, pad - (first - low), pad - (high - stop)))
+        part = x[:, :, low:high]  # a view: inside the volume the neighbours' rows are the padding
+        if (first - low, high - stop) != (pad, pad):  # a slab at an end of the volume: zeros beyond it
+            part = F.pad(part, (0, 0, 0, 0, pad - (first - low), pad - (high - stop))).contiguous(memory_format=layout)
         y = F.conv3d(part, conv.weight, conv.bias, 1, (0, *conv.padding[1:]))
         if out is None:
-            out = y.new_empty((*y.shape[:2], depth, *y.shape[3:]))
+            out = torch.empty((*y.shape[:2], depth, *y.shape[3:]), dtype=y.dtype, memory_format=layout)
         out[:, :, first:stop] = y
     return out
 

@@ -27,6 +27,7 @@ slab by slab; stage 1 itself runs on tiles of at most `max_voxels_stage1` input 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -114,6 +115,13 @@ def stage1_features(
         if progress is not None:
             progress(1.0, f"stage 1 tile {len(tiles)}/{len(tiles)}")
     return LowResFeatures(volume, **stitched)
+
+
+def channels_last(network: LowResNet) -> LowResNet:
+    """An eval-mode copy of `network` with its weights in channels-last layout: oneDNN then runs
+    every 3D convolution, and the activations that follow, channels-last (about 1.6x faster on
+    2 cores than the default layout, the same results up to float rounding)."""
+    return copy.deepcopy(network).eval().to(memory_format=torch.channels_last_3d)
 
 
 def upsampled_logits(logits8: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
@@ -213,7 +221,7 @@ def detect_image(
             return None
         return lambda fraction, message: progress(low + (high - low) * fraction, message)
 
-    network.eval()
+    network = channels_last(network)
     with torch.inference_mode():
         started = time.perf_counter()
         features = stage1_features(
