@@ -1,6 +1,6 @@
-"""Is an image file complete? Checked before SimpleITK reads it, because ITK reads a NIfTI file
-cut short (an interrupted copy or download) without a word, the missing voxels as zeros, and a
-.nii.gz corrupted inside as garbage.
+"""Is an image file complete? Checked beside SimpleITK's read (`images.read_image`), because ITK
+reads a NIfTI file cut short (an interrupted copy or download) without a word, the missing voxels
+as zeros, and a .nii.gz corrupted inside as garbage.
 
 - `.nii`: the file must hold the bytes its header promises (vox_offset + voxels * bitpix / 8).
 - `.nii.gz`: the whole gzip stream is inflated once and its CRC-32 and length checked (about the
