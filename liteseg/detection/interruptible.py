@@ -49,7 +49,7 @@ def _forward_in_slabs(conv: nn.Conv3d, callback: SlabCallback, max_macs: int, ma
             part = F.pad(part, (0, 0, 0, 0, pad - (first - low), pad - (high - stop))).contiguous(memory_format=layout)
         y = F.conv3d(part, conv.weight, conv.bias, 1, (0, *conv.padding[1:]))
         if out is None:
-            out = torch.empty((*y.shape[:2], depth, *y.shape[3:]), dtype=y.dtype, memory_format=layout)
+            out = torch.empty((*y.shape[:2], depth, *y.shape[3:]), dtype=y.dtype, device=y.device, memory_format=layout)
         out[:, :, first:stop] = y
     return out
 

@@ -119,8 +119,8 @@ def stage1_features(
 
 def channels_last(network: LowResNet) -> LowResNet:
     """An eval-mode copy of `network` with its weights in channels-last layout: oneDNN then runs
-    every 3D convolution, and the activations that follow, channels-last (about 1.6x faster on
-    2 cores than the default layout, the same results up to float rounding)."""
+    every 3D convolution, and the activations that follow, channels-last (1.78x faster on a
+    512x512x128 volume on 2 cores, the same labelmap; README "Performance")."""
     return copy.deepcopy(network).eval().to(memory_format=torch.channels_last_3d)
 
 
