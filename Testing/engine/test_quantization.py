@@ -102,4 +102,4 @@ def test_liteseg_quantize_calibrates_on_training_patients_checks_the_held_out_on
     assert entry["calibration_patients"] == ["P1", "P2"] and list(entry["check"]["held_out_dice_change"]) == ["P0"]
     assert entry["sha256_bin"] == sha256_file(folder / "monet-pancreas-nih.int8.bin")
     assert entry["check"]["passed"] == (entry["check"]["largest_change"] <= 0.005)
-    assert "passed: auto takes it" in out if entry["check"]["passed"] else "not passed: auto keeps float32" in out
+    assert "passed: auto takes it" in out if entry["check"]["passed"] else "not passed: auto does not take it" in out

@@ -62,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     data["int8"] = int8_entry(card, model, training, check, "liteseg " + shlex.join(sys.argv[1:]))
     write_card(card.path, data)
     print(f"recorded in {card.path}: largest Dice change {largest:.4f}, "
-          f"{'passed: auto takes it' if check['passed'] else 'not passed: auto keeps float32'}")
+          f"{'passed: auto takes it' if check['passed'] else 'not passed: auto does not take it'}")
     return 0
