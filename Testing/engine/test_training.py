@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from liteseg.cli.train import cases_from_args, configure_parser
+from liteseg.cli.train import cases_from_args, configure_parser, train_config
 from liteseg.errors import LiteSegError
 from liteseg.io.modelcard import ModelCard, load_network, sha256_file
 from liteseg.models import build_model
@@ -102,6 +102,13 @@ def test_decathlon_folder_and_pairs_csv(tmp_path, monkeypatch):
     parsed = args.parse_args([str(csv), "--output", str(tmp_path / "out"), "--max-cases", "1"])
     assert parsed.label_values == [1, 2] and parsed.epochs == 50 and parsed.batch_size == 8
     assert [c.patient for c in cases_from_args(parsed)] == ["P1"]
+    assert train_config(parsed).preprocessing.slice_size == (256, 256)
+    low = train_config(args.parse_args([str(csv), "--output", "out", "--slice-size", "128", "96", "--window", "0", "200"]))
+    assert low.preprocessing == Preprocessing(window=(0.0, 200.0), slice_size=(128, 96))
+    low.check()
+    for bad in (["100", "128"], ["0", "0"]):
+        with pytest.raises(LiteSegError, match="slice size must be multiples of 16"):
+            train_config(args.parse_args([str(csv), "--output", "out", "--slice-size", *bad])).check()
     data_csv = tmp_path / "data.csv"  # $LITESEG_DATA/ paths are inside the data folder, wherever the CSV is
     data_csv.write_text("image,label\n$LITESEG_DATA/imagesTr/pancreas_004.nii.gz,$LITESEG_DATA/labelsTr/pancreas_004.nii.gz\n")
     monkeypatch.setenv("LITESEG_DATA", str(tmp_path))

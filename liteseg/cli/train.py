@@ -55,6 +55,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, nargs=2, default=[-150.0, 200.0], metavar=("LOW", "HIGH"),
                         help="CT intensity window in HU, clipped and scaled to [0, 1] (default -150 200, the "
                         "paper's; slices stored as clip(HU, 0, 255) need a window inside [0, 255], e.g. 0 200)")
+    parser.add_argument("--slice-size", type=int, nargs=2, default=[256, 256], metavar=("ROWS", "COLS"),
+                        help="model grid the slices are resized to (default 256 256, the paper's; multiples of 16, "
+                        "e.g. 128 128 for a network 4x cheaper per slice)")
     parser.add_argument("--network", default="monet",
                         help="2D network to train (monet, unet16, pocket_unet2d, ...; `liteseg models` lists them)")
     parser.add_argument("--label-preset", choices=sorted(LABEL_PRESETS), default="pancreas",
@@ -110,11 +113,10 @@ def recorded_command() -> str:
     return "liteseg train " + shlex.join(argv[argv.index("train") + 1 :] if "train" in argv else argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as the options say; print the model card's path and the validation Dice."""
-    cases = cases_from_args(args)
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The trainer's options from the command line's."""
     val_fraction = args.val_fraction if args.val_fraction is not None else (0.0 if args.dataset is None else 0.3)
-    config = TrainConfig(
+    return TrainConfig(
         output=args.output,
         name=args.name,
         version=args.version,
@@ -132,12 +134,17 @@ def run(args: argparse.Namespace) -> int:
         label_preset=args.label_preset,
         network=args.network,
         precision=args.precision,
-        preprocessing=Preprocessing(window=tuple(args.window)),
+        preprocessing=Preprocessing(window=tuple(args.window), slice_size=tuple(args.slice_size)),
         device=args.device,
         num_threads=args.threads,
         notes=args.notes,
     )
-    card_path = train(config, cases, recorded_command(), bars=progress_bar, resume=args.resume,
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the options say; print the model card's path and the validation Dice."""
+    cases = cases_from_args(args)
+    card_path = train(train_config(args), cases, recorded_command(), bars=progress_bar, resume=args.resume,
                       dataset=dataset_source(args.dataset))
     card = ModelCard.read(card_path)
     validation = card.data["validation"]

@@ -31,6 +31,7 @@ from liteseg.io.modelcard import sha256_file, write_card
 from liteseg.models import MODELS, build_model
 from liteseg.progress import BarFactory, iterate
 from liteseg.segmentation.inference import segment_image
+from liteseg.segmentation.localisation import MULTIPLE
 from liteseg.segmentation.preprocessing import Preprocessing
 from liteseg.training.augment import random_affine
 from liteseg.training.datasets import Case, Slices, load_slices, read_case, select_slices
@@ -118,6 +119,9 @@ class TrainConfig:
             (self.foreground_prior is not None and not 0 < self.foreground_prior < 1,
              f"foreground prior must be between 0 and 1, got {self.foreground_prior}"),
             (self.precision not in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (min(self.preprocessing.slice_size) < MULTIPLE or any(n % MULTIPLE for n in self.preprocessing.slice_size),
+             f"slice size must be multiples of {MULTIPLE} (the 2D networks' downsampling), "
+             f"got {' x '.join(map(str, self.preprocessing.slice_size))}"),
             (self.label_preset not in LABEL_PRESETS,
              f"unknown label preset {self.label_preset!r}; choose from {', '.join(LABEL_PRESETS)}"),
         ]
