@@ -4,8 +4,8 @@
 
 For each federated card (written by `liteseg federated ...`): sites with their training patients,
 rounds, wall time, the bytes sent to and received from each site per round (measured on the
-messages' records), the held-out Dice of the global model after every round and of the final
-one. Beside them: the centralised card's validation Dice after the same number of epochs (default:
+messages' records), the held-out Dice of the global model after every round (with the averaged
+BatchNorm statistics) and of the final one (with the statistics the sites recomputed for it). Beside them: the centralised card's validation Dice after the same number of epochs (default:
 the bundled `monet-pancreas-nih`, trained on the same patients and validated on the same held-out
 patients), and the bytes a round would carry with U-Net-16 and U-Net-64 instead of MoNet.
 """
@@ -50,6 +50,11 @@ def report(path: Path, centralised: dict) -> str:
         f"centralised after {epochs} epochs {centralised_dice(centralised, epochs):.3f} "
         f"(difference {card['validation']['mean_dice'] - centralised_dice(centralised, epochs):+.3f})",
     ]
+    calibration = federated.get("batchnorm_statistics")
+    if calibration:
+        lines.append(f"  final model's BatchNorm statistics: {calibration['how']}; {calibration['batches']} batches at "
+                     f"{len(calibration['sites'])} site(s); sent {calibration['sent_bytes'] / MB:.3f} MB in all, "
+                     f"received {calibration['received_bytes'] / MB:.3f} MB")
     return "\n".join(lines)
 
 

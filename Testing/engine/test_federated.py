@@ -138,6 +138,58 @@ def test_a_simulation_trains_by_patient_measures_the_traffic_and_writes_a_loadab
     assert loaded.network == "monet" and all(torch.equal(network.state_dict()[k], saved[k]) for k in saved)
 
 
+def test_the_final_model_carries_the_batchnorm_statistics_the_sites_recompute_for_it(simulated, dataset):
+    from liteseg.federated.local import batchnorm_statistics
+    from liteseg.federated.rounds import pooled_statistics
+
+    card = ModelCard.read(Path(simulated.output) / f"{simulated.name}.json")
+    averaged = torch.load(Path(simulated.output) / "checkpoint.pt", weights_only=True)["model"]  # after the last round
+    saved = torch.load(card.weights_path, weights_only=True)
+    sites = partition_sites(cases_from_slice_dataset(dataset), dataset, simulated.site_shares, simulated.seed,
+                            simulated.val_fraction)
+    recomputed = [batchnorm_statistics(simulated, site, global_network(simulated, averaged, site.name)) for site in sites]
+    expected = pooled_statistics([statistics for statistics, _ in recomputed], [batches for _, batches in recomputed])
+    assert expected and all(key.endswith(("running_mean", "running_var")) for key in expected)
+    for key, value in saved.items():
+        if key in expected:
+            assert torch.allclose(value, expected[key], atol=1e-6) and not torch.allclose(value, averaged[key]), key
+        else:
+            assert torch.equal(value, averaged[key]), key  # weights and counters as averaged
+    calibration = card.data["training"]["federated"]["batchnorm_statistics"]
+    assert calibration["sites"] == ["site-0", "site-1"] and calibration["batches"] == sum(b for _, b in recomputed)
+    model_bytes = card.data["training"]["federated"]["model_bytes"]
+    assert 2 * model_bytes < calibration["sent_bytes"] < 2.04 * model_bytes  # the final model once more to each site
+    assert calibration["received_bytes"] < 0.1 * model_bytes and not calibration["failures"]
+
+
+def test_recomputed_statistics_are_the_average_over_the_batches_with_dropout_off_and_pool_across_sites():
+    from liteseg.federated.local import recompute_batchnorm
+    from liteseg.federated.rounds import pooled_statistics
+
+    torch.manual_seed(0)
+    network = build_model("monet", in_channels=1, out_channels=1)
+    momenta = [m.momentum for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    batches = [torch.rand(2, 1, 32, 32) * (1 + i) for i in range(5)]
+    assert recompute_batchnorm(network, batches[:1]) == 1
+    first = network.enc0[0][1]  # the first BatchNorm: its input is the first convolution's output
+    with torch.no_grad():
+        features = network.enc0[0][0](batches[0])
+    assert torch.allclose(first.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(first.running_var, features.var(dim=(0, 2, 3)), rtol=1e-4)  # unbiased, as BatchNorm keeps it
+    again = {k: v.clone() for k, v in network.state_dict().items()}
+    recompute_batchnorm(network, batches[:1])
+    assert all(torch.equal(again[k], v) for k, v in network.state_dict().items())  # deterministic: dropout off
+    assert not network.training and [m.momentum for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
+    statistics = []
+    for part in (batches[:2], batches[2:]):  # two sites
+        recompute_batchnorm(network, part)
+        statistics.append({k: v.clone() for k, v in network.state_dict().items() if k.endswith(("running_mean", "running_var"))})
+    recompute_batchnorm(network, batches)
+    pooled = pooled_statistics(statistics, [2, 3])
+    assert all(torch.allclose(pooled[k], network.state_dict()[k], rtol=1e-4, atol=1e-6) for k in pooled)
+    assert not torch.allclose(pooled["enc0.0.1.running_var"], statistics[0]["enc0.0.1.running_var"])
+
+
 def test_a_resumed_simulation_continues_the_rounds_and_refuses_changed_options(simulated):
     history = ModelCard.read(Path(simulated.output) / f"{simulated.name}.json").data["training"]["history"]
     with pytest.raises(LiteSegError, match="already holds"):
@@ -225,4 +277,7 @@ def test_a_localhost_deployment_runs_through_a_site_without_data_and_one_that_dr
     assert all(any(f.startswith("node ") and f.endswith(f"site site-2: cannot read its data: dataset not found: {missing}")
                    for f in h["failures"]) for h in history)
     assert {c["site"] for c in card.data["validation"]["cases"]} == {"site-0"}
+    calibration = card.data["training"]["federated"]["batchnorm_statistics"]  # by the sites still there
+    assert calibration["sites"] == ["site-0"] and calibration["batches"] > 0
+    assert any(f.endswith(f"cannot read its data: dataset not found: {missing}") for f in calibration["failures"])
     assert (tmp_path / "work" / "app" / "pyproject.toml").read_text().count('"liteseg.federated.apps:') == 2

@@ -19,7 +19,7 @@ from torch import nn
 
 from liteseg.errors import LiteSegError
 from liteseg.federated.config import ERROR_NAME, FederatedConfig
-from liteseg.federated.local import global_network, round_seed, site_of, train_site, validate_site
+from liteseg.federated.local import batchnorm_statistics, global_network, round_seed, site_of, train_site, validate_site
 from liteseg.federated.rounds import Server
 from liteseg.federated.sites import Site
 
@@ -49,7 +49,8 @@ def _received(config: Optional[FederatedConfig], message: Message,
 
 def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
     """A site: validates the global model it receives on its held-out patients, then trains it
-    for the local epochs on its own slices; only weights and figures leave it."""
+    for the local epochs on its own slices; after the last round it recomputes the final model's
+    BatchNorm statistics on its slices. Only weights, statistics and figures leave it."""
     app = ClientApp()
 
     @app.train()
@@ -67,6 +68,18 @@ def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         _, site, _, results = _received(config, message, context)
         content = RecordDict({"metrics": MetricRecord({"num-examples": len(results)}), "site": _site_record(site, results)})
+        return Message(content=content, reply_to=message)
+
+    @app.query()
+    def statistics(message: Message, context: Context) -> Message:
+        """The BatchNorm statistics of the final model on this site's training slices."""
+        options = _options(config, context)
+        site = site_of(options, context.node_config)
+        network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
+        recomputed, batches = batchnorm_statistics(options, site, network)
+        log(INFO, "%s: BatchNorm statistics of the final model over %d batches", site.name, batches)
+        content = RecordDict({"arrays": ArrayRecord(recomputed), "metrics": MetricRecord({"batches": batches}),
+                              "site": ConfigRecord({"name": site.name})})
         return Message(content=content, reply_to=message)
 
     return app

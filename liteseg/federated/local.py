@@ -7,7 +7,7 @@ import time
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from liteseg.training.slice_dataset import cases_from_dataset
 from liteseg.training.trainer import BINARY_OUTPUT, evaluate_cases, load_training_slices, train_epoch
 
 StateDict = Mapping[str, torch.Tensor]
+
+BATCHNORM_STATISTICS = ("running_mean", "running_var")
 
 
 def site_of(config: FederatedConfig, node_config: NodeConfig) -> Site:
@@ -45,6 +47,16 @@ def site_of(config: FederatedConfig, node_config: NodeConfig) -> Site:
 @lru_cache(maxsize=8)  # every site of a simulation may run in one process
 def _training_slices(site: Site, config: FederatedConfig) -> Slices:
     return load_training_slices(site.train_cases, config.recipe(), f"{site.name} training", None)
+
+
+def _site_training_slices(site: Site, config: FederatedConfig) -> Slices:
+    """The site's training slices (read once per process), with its thread count set."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _training_slices(site, config)
+    except LiteSegError as error:
+        raise LiteSegError(f"site {site.name}: cannot read its training slices: {error.message}") from None
 
 
 def global_network(config: FederatedConfig, state: StateDict, site: str) -> nn.Module:
@@ -77,12 +89,7 @@ def train_site(config: FederatedConfig, site: Site, network: nn.Module, seed: in
     """`config.local_epochs` epochs of the recipe on the site's training slices, a fresh NAdam each
     round; `network` holds the result. Returns the slices seen, mean loss and seconds."""
     recipe = config.recipe()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        slices = _training_slices(site, config)
-    except LiteSegError as error:
-        raise LiteSegError(f"site {site.name}: cannot read its training slices: {error.message}") from None
+    slices = _site_training_slices(site, config)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     network.to(memory_format=torch.channels_last)
@@ -94,6 +101,42 @@ def train_site(config: FederatedConfig, site: Site, network: nn.Module, seed: in
                            recipe.precision == "bfloat16", None)
         seen, total = seen + len(indices), total + loss * len(indices)
     return {"num-examples": seen, "train-loss": total / seen, "seconds": time.perf_counter() - started}
+
+
+def recompute_batchnorm(network: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Replace the running statistics of every BatchNorm of `network` by the plain average of
+    their batch statistics over `batches` (as PyTorch's `update_bn`, but with dropout off, as at
+    inference); returns the number of batches. `network` is left in eval mode."""
+    norms = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    network.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+        norm.train()
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            network(batch)
+            count += 1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    network.eval()
+    return count
+
+
+def batchnorm_statistics(config: FederatedConfig, site: Site, network: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """The running mean and variance of every BatchNorm of `network` recomputed on this site's
+    training slices (one draw of the recipe's slices, not augmented, in batches of the recipe's
+    size; `recompute_batchnorm`), and the number of batches averaged. Only these leave the site."""
+    recipe = config.recipe()
+    slices = _site_training_slices(site, config)
+    indices = select_slices(slices, recipe.empty_slice_ratio, torch.Generator().manual_seed(config.seed))
+    starts = range(0, len(indices), recipe.batch_size)
+    batches = recompute_batchnorm(network, (slices.images[indices[i : i + recipe.batch_size]].float() for i in starts))
+    state = network.state_dict()
+    norms = [name for name, module in network.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    return {f"{name}.{buffer}": state[f"{name}.{buffer}"] for name in norms for buffer in BATCHNORM_STATISTICS}, batches
 
 
 def validate_site(config: FederatedConfig, site: Site, network: nn.Module) -> list[dict]:

@@ -5,8 +5,10 @@ weights with their model card.
 
 Each round sends the global model once to every sampled site and receives one model back: a site
 first validates the model it receives on its own held-out patients (so round r reports the Dice
-of the model after round r - 1) and then trains it. After the last round every site validates
-the final model once more.
+of the model after round r - 1) and then trains it. After the last round every site recomputes
+the final model's BatchNorm statistics on its training slices (the averaged running statistics
+lag the averaged weights: with MoNet's momentum of 0.01 they average over about 100 steps, a
+whole round), the server pools them, and every site validates that final model once more.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import pickle
 import re
 import time
 from datetime import datetime, timezone
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -72,6 +75,13 @@ def server_step(network: torch.nn.Module, averaged: dict[str, torch.Tensor], ser
     return state
 
 
+def pooled_statistics(statistics: list[dict[str, torch.Tensor]], batches: list[int]) -> dict[str, torch.Tensor]:
+    """The sites' BatchNorm statistics (each a plain average over its `batches`) averaged with
+    weights `batches`: what PyTorch's `update_bn` gives over all the sites' batches together."""
+    total = sum(batches)
+    return {key: sum(n * site[key] for n, site in zip(batches, statistics)) / total for key in statistics[0]}
+
+
 class Server:
     """The rounds of one run, resumable from `<output>/checkpoint.pt`."""
 
@@ -112,9 +122,10 @@ class Server:
             self.history.append(self._train_round(grid, server_round))
             save_atomic({"config": self.config.to_run_config(), "model": self.network.state_dict(),
                          "history": self.history}, self.checkpoint)
+        calibration = self._recompute_batchnorm(grid)
         results, failures = self._validate(grid)
         save_atomic({k: v.detach().clone() for k, v in self.network.state_dict().items()}, self.weights)
-        return write_card(self.card, self._card(results, failures))
+        return write_card(self.card, self._card(results, failures, calibration))
 
     def _send(self, grid: Grid, messages: Iterable[Message]) -> tuple[list[Message], list[str], dict[int, int]]:
         """(replies without error, failures in words, bytes sent per node)."""
@@ -175,6 +186,27 @@ class Server:
             "received_bytes": content_bytes(reply.content),
         }
 
+    def _recompute_batchnorm(self, grid: Grid) -> dict:
+        """Set the global model's BatchNorm statistics to those the connected sites recompute on
+        their training slices; with no site answering they stay the average. What happened, for the card."""
+        wait_for_sites(grid, self.config)
+        content = RecordDict({"arrays": ArrayRecord(self.network.state_dict()),
+                              "config": ConfigRecord({"server-round": len(self.history)})})
+        messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in grid.get_node_ids()]
+        valid, failures, sent = self._send(grid, messages)
+        batches = [int(reply.content["metrics"]["batches"]) for reply in valid]
+        outcome = {"sites": sorted(str(r.content["site"]["name"]) for r in valid), "batches": sum(batches),
+                   "sent_bytes": sum(sent.values()), "received_bytes": sum(content_bytes(r.content) for r in valid),
+                   "failures": failures}
+        if not valid:
+            log(WARNING, "BatchNorm statistics not recomputed, the averaged ones are kept: %s", "; ".join(failures))
+            return outcome
+        state = self.network.state_dict()
+        state.update(pooled_statistics([reply.content["arrays"].to_torch_state_dict() for reply in valid], batches))
+        self.network.load_state_dict(state)
+        log(INFO, "BatchNorm statistics recomputed at %d site(s) over %d batches", len(valid), sum(batches))
+        return outcome
+
     def _validate(self, grid: Grid) -> tuple[list[dict], list[str]]:
         """Every connected site's Dice of the final model on its own held-out patients."""
         wait_for_sites(grid, self.config)
@@ -186,7 +218,7 @@ class Server:
         results = [dict(r, site=str(reply.content["site"]["name"])) for reply in valid for r in _site_results(reply.content["site"])]
         return results, failures
 
-    def _card(self, results: list[dict], failures: list[str]) -> dict:
+    def _card(self, results: list[dict], failures: list[str], calibration: dict) -> dict:
         config, recipe = self.config, self.config.recipe()
         last = self.history[-1]
         traffic = [{"round": h["round"], "sites": [{k: s[k] for k in ("site", "sent_bytes", "received_bytes")} for s in h["sites"]]}
@@ -197,13 +229,19 @@ class Server:
                 "federated": {
                     "framework": "Flower (flwr), Message API",
                     "strategy": (f"FedAvg weighted by training slices seen, fraction of sites {config.fraction_train:g}, "
-                                 f"server learning rate {config.server_lr:g} on the parameters (BatchNorm statistics averaged)"),
+                                 f"server learning rate {config.server_lr:g} on the parameters (BatchNorm statistics averaged "
+                                 "each round, then recomputed at the sites for the final model)"),
                     "rounds": len(self.history),
                     "local_epochs": config.local_epochs,
                     "sites": sorted({s["site"] for h in self.history for s in h["sites"]}),
                     "site_shares": list(config.site_shares),
                     "model_bytes": state_dict_bytes(self.network.state_dict()),
                     "traffic": traffic,
+                    "batchnorm_statistics": {
+                        **calibration,
+                        "how": ("recomputed on the sites' training slices after the last round (PyTorch update_bn, "
+                                "pooled over the batches)" if calibration["sites"] else "averaged: no site recomputed them"),
+                    },
                 },
                 "sites": _site_descriptions(self.history),
                 "validation_data": [{"patient": r["patient"], "site": r["site"]} for r in results],
