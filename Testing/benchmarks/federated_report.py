@@ -5,8 +5,9 @@
 For each federated card (written by `liteseg federated ...`): sites with their training patients,
 rounds, wall time, the bytes sent to and received from each site per round (measured on the
 messages' records), the held-out Dice of the global model after every round (with the averaged
-BatchNorm statistics) and of the final one (with the statistics the sites recomputed for it). Beside them: the centralised card's validation Dice after the same number of epochs (default:
-the bundled `monet-pancreas-nih`, trained on the same patients and validated on the same held-out
+BatchNorm statistics) and of the final one (with the statistics the sites recomputed for it).
+Beside them: the centralised card's validation Dice after the same number of epochs (default: the
+bundled `monet-pancreas-nih`, trained on the same patients and validated on the same held-out
 patients), and the bytes a round would carry with U-Net-16 and U-Net-64 instead of MoNet.
 """
 

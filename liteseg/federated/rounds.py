@@ -77,7 +77,7 @@ def server_step(network: torch.nn.Module, averaged: dict[str, torch.Tensor], ser
 
 def pooled_statistics(statistics: list[dict[str, torch.Tensor]], batches: list[int]) -> dict[str, torch.Tensor]:
     """The sites' BatchNorm statistics (each a plain average over its `batches`) averaged with
-    weights `batches`: what PyTorch's `update_bn` gives over all the sites' batches together."""
+    weights `batches`: what the same recomputation gives over all the sites' batches together."""
     total = sum(batches)
     return {key: sum(n * site[key] for n, site in zip(batches, statistics)) / total for key in statistics[0]}
 
@@ -190,8 +190,7 @@ class Server:
         """Set the global model's BatchNorm statistics to those the connected sites recompute on
         their training slices; with no site answering they stay the average. What happened, for the card."""
         wait_for_sites(grid, self.config)
-        content = RecordDict({"arrays": ArrayRecord(self.network.state_dict()),
-                              "config": ConfigRecord({"server-round": len(self.history)})})
+        content = RecordDict({"arrays": ArrayRecord(self.network.state_dict())})
         messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in grid.get_node_ids()]
         valid, failures, sent = self._send(grid, messages)
         batches = [int(reply.content["metrics"]["batches"]) for reply in valid]
@@ -239,8 +238,9 @@ class Server:
                     "traffic": traffic,
                     "batchnorm_statistics": {
                         **calibration,
-                        "how": ("recomputed on the sites' training slices after the last round (PyTorch update_bn, "
-                                "pooled over the batches)" if calibration["sites"] else "averaged: no site recomputed them"),
+                        "how": ("recomputed on the sites' training slices after the last round (train-mode BatchNorm, "
+                                "dropout off, plain average over the batches; pooled by batches)"
+                                if calibration["sites"] else "averaged: no site recomputed them"),
                     },
                 },
                 "sites": _site_descriptions(self.history),
