@@ -37,13 +37,19 @@ def _site_record(site: Site, results: list[dict]) -> ConfigRecord:
     })
 
 
-def _received(config: Optional[FederatedConfig], message: Message,
-              context: Context) -> tuple[FederatedConfig, Site, nn.Module, list[dict]]:
-    """What every message starts with at a site: the options, the site, the global model it
-    carries (checked), and that model's figures on the site's held-out patients."""
+def _global_model(config: Optional[FederatedConfig], message: Message,
+                  context: Context) -> tuple[FederatedConfig, Site, nn.Module]:
+    """What every message starts with at a site: the options, the site and the global model it
+    carries (checked)."""
     options = _options(config, context)
     site = site_of(options, context.node_config)
-    network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
+    return options, site, global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
+
+
+def _received(config: Optional[FederatedConfig], message: Message,
+              context: Context) -> tuple[FederatedConfig, Site, nn.Module, list[dict]]:
+    """`_global_model` and that model's figures on the site's held-out patients."""
+    options, site, network = _global_model(config, message, context)
     return options, site, network, validate_site(options, site, network)
 
 
@@ -73,9 +79,7 @@ def make_client_app(config: Optional[FederatedConfig] = None) -> ClientApp:
     @app.query()
     def statistics(message: Message, context: Context) -> Message:
         """The BatchNorm statistics of the final model on this site's training slices."""
-        options = _options(config, context)
-        site = site_of(options, context.node_config)
-        network = global_network(options, message.content["arrays"].to_torch_state_dict(), site.name)
+        options, site, network = _global_model(config, message, context)
         recomputed, batches = batchnorm_statistics(options, site, network)
         log(INFO, "%s: BatchNorm statistics of the final model over %d batches", site.name, batches)
         content = RecordDict({"arrays": ArrayRecord(recomputed), "metrics": MetricRecord({"batches": batches}),

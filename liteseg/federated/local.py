@@ -134,9 +134,7 @@ def batchnorm_statistics(config: FederatedConfig, site: Site, network: nn.Module
     indices = select_slices(slices, recipe.empty_slice_ratio, torch.Generator().manual_seed(config.seed))
     starts = range(0, len(indices), recipe.batch_size)
     batches = recompute_batchnorm(network, (slices.images[indices[i : i + recipe.batch_size]].float() for i in starts))
-    state = network.state_dict()
-    norms = [name for name, module in network.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    return {f"{name}.{buffer}": state[f"{name}.{buffer}"] for name in norms for buffer in BATCHNORM_STATISTICS}, batches
+    return {key: value for key, value in network.state_dict().items() if key.endswith(BATCHNORM_STATISTICS)}, batches
 
 
 def validate_site(config: FederatedConfig, site: Site, network: nn.Module) -> list[dict]:
