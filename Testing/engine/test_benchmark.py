@@ -169,8 +169,10 @@ def test_a_fresh_process_returns_the_result_raises_the_error_and_reports_a_crash
 
 
 def test_the_job_bench_runs_the_whole_job_in_a_fresh_process_and_scores_it(sample_ct_path, sample_pancreas_path):
-    from liteseg.benchmarks.segmentation import JobSetting, bench_job
+    from liteseg.benchmarks.segmentation import FIRST_LOOK_MODEL, JobSetting, bench_job
 
     row = bench_job(sample_ct_path, sample_pancreas_path, JobSetting("fast, localised", "fast", None, True), 1)
     assert list(row.seconds) == ["read", "preprocess", "localise", "inference", "postprocess", "write"]
     assert row.dice > 0 and 0 < row.fraction < 1 and row.peak_mb > 100 and not row.message
+    looked = bench_job(sample_ct_path, sample_pancreas_path, JobSetting("128", "fast", None, True, FIRST_LOOK_MODEL), 1)
+    assert list(looked.seconds) == list(row.seconds) and 0 < looked.fraction < 1 and looked.fraction != row.fraction

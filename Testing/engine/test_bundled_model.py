@@ -38,6 +38,19 @@ def test_bundled_card_is_honest_and_matches_its_weights():
         assert "changed the sample CT's Dice by" in card.data["inference"]["localisation"]["check"]
 
 
+def test_bundled_first_look_model_is_the_same_recipe_at_128_held_out_on_the_same_patients():
+    main, first_look = find_card(DEFAULT_MODEL), find_card("monet-pancreas-nih-128")
+    assert first_look in bundled_cards() and sha256_file(first_look.weights_path) == first_look.data["sha256"]
+    assert first_look.preprocessing.slice_size == (128, 128) and first_look.preprocessing.window == main.preprocessing.window
+    assert "--slice-size 128 128" in first_look.data["command"]
+    held_out = {c["patient"] for c in first_look.data["training"]["validation_data"]}
+    assert held_out == {c["patient"] for c in main.data["training"]["validation_data"]}
+    evaluation = first_look.data["evaluation"]["held_out_slices"]
+    main_dice = main.data["evaluation"]["held_out_slices"]["mean_dice"]
+    assert {p["patient"] for p in evaluation["patients"]} == held_out and 0.6 < evaluation["mean_dice"] < main_dice
+    assert first_look.localisation is None  # it runs every slice when used on its own
+
+
 def test_the_recorded_held_out_figures_are_reproduced():
     from liteseg.evaluation.slices import evaluate_slice_patients
     from liteseg.training.slice_dataset import cases_from_slice_dataset

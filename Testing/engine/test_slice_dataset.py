@@ -188,12 +188,14 @@ def test_recorded_localisation_follows_the_at_most_0_01_rule(tmp_path, localised
     rows = [PatientDice("A", 3, 0.7, 10, 12), PatientDice("B", 4, 0.9, 11, 10)]
     checks = [VolumeCheck("localised", True, localised_dice, 80.0, 40, 0.5, 1.0),
               VolumeCheck("whole volume", False, 0.80, 82.0, 40, 2.0, 3.0)]
-    data = record_evaluation(ModelCard.read(card_path), "slices.json", rows, checks, Localisation(15.0, 32), "liteseg evaluate")
+    localisation = Localisation(15.0, 32, "m-128")  # the first look by another model, recorded with it
+    data = record_evaluation(ModelCard.read(card_path), "slices.json", rows, checks, localisation, "liteseg evaluate")
     assert ModelCard.read(card_path).data == data
     assert data["evaluation"]["held_out_slices"]["mean_dice"] == pytest.approx(0.8)
     assert [r["setting"] for r in data["evaluation"]["sample_ct"]["runs"]] == ["localised", "whole volume"]
     card = ModelCard.read(card_path)
-    assert card.localisation == (Localisation(15.0, 32) if kept else None)
+    assert card.localisation == (localisation if kept else None)
+    assert ("coarse pass of the model m-128" in data["inference"]["localisation"]["check"]) if kept else "inference" not in data
     assert card.sample_ct_dice == (localised_dice if kept else 0.80)  # the figure of the card's default setting
 
 

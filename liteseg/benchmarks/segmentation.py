@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -28,7 +28,7 @@ from liteseg.errors import LiteSegError
 from liteseg.evaluation.slices import FAR_FROM_TARGET_MM, far_slice_mask
 from liteseg.models import build_model
 from liteseg.models.params import state_dict_megabytes
-from liteseg.segmentation.localisation import Localisation
+from liteseg.segmentation.localisation import Localisation, regions_fraction
 from liteseg.segmentation.runtime import batch_for, make_runner, resolve_backend
 
 # MoNet paper: Table 2 (seconds for 150 slices of 256x256 on an 8-core 2.4 GHz i9 CPU) and
@@ -135,13 +135,16 @@ class JobSetting:
     backend: str
     batch_size: Optional[int]
     localise: bool
+    first_look: Optional[str] = None  # a bundled model that runs the localisation's first look instead of the card's
 
 
+FIRST_LOOK_MODEL = "monet-pancreas-nih-128"
 JOB_SETTINGS = (
     JobSetting("naive: eager fp32 NCHW, batch 16, all slices", "eager", 16, False),
     JobSetting("fast backend, all slices", "fast", None, False),
     JobSetting("fast backend + localisation", "fast", None, True),
     JobSetting("auto backend, all slices", "auto", None, False),
+    JobSetting(f"auto + localisation, first look {FIRST_LOOK_MODEL}", "auto", None, True, FIRST_LOOK_MODEL),
     JobSetting("auto backend + localisation (default)", "auto", None, True),
 )
 MEMORY_SETTINGS = (JOB_SETTINGS[1], JOB_SETTINGS[-1])
@@ -192,6 +195,8 @@ def job(ct_path: str, reference_path: str, setting: JobSetting, threads: int) ->
     read_seconds = time.perf_counter() - started
     network, card = load_model()
     localisation = (card.localisation or Localisation()) if setting.localise else None
+    if localisation is not None and setting.first_look is not None:
+        localisation = replace(localisation, model=setting.first_look)
     result = segment_image(image, network, card.preprocessing, threshold=card.threshold, batch_size=setting.batch_size,
                            backend=setting.backend, localisation=localisation)
     started = time.perf_counter()
@@ -202,8 +207,8 @@ def job(ct_path: str, reference_path: str, setting: JobSetting, threads: int) ->
     reference = sitk.GetArrayFromImage(read_image(reference_path)) > 0
     score = dice(sitk.GetArrayViewFromImage(result.labelmap) > 0, reference)
     n_slices = len(sitk.GetArrayViewFromImage(result.labelmap))
-    if result.region:
-        fraction = result.region.fraction_of(n_slices, card.preprocessing.slice_size)
+    if result.regions:
+        fraction = regions_fraction(result.regions, n_slices, card.preprocessing.slice_size)
     else:
         fraction = 0.0 if result.message else 1.0
     return JobRow(setting, seconds, peak_mb, score, fraction, result.message)
@@ -216,11 +221,11 @@ def bench_job(ct_path: Path, reference_path: Path, setting: JobSetting, threads:
 
 def format_job_table(rows: Sequence[JobRow]) -> str:
     naive = rows[0].total
-    header = f"{'setting':<46} {'total s':>8} {'x naive':>8} {'peak MB':>8} {'Dice':>6} {'pixels':>7}  stages (s)"
+    header = f"{'setting':<56} {'total s':>8} {'x naive':>8} {'peak MB':>8} {'Dice':>6} {'pixels':>7}  stages (s)"
     lines = [header, "-" * len(header)]
     for r in rows:
         stages = ", ".join(f"{stage} {value:.2f}" for stage, value in r.seconds.items())
-        lines.append(f"{r.setting.label:<46} {r.total:>8.2f} {naive / r.total:>8.2f} {r.peak_mb:>8.0f} "
+        lines.append(f"{r.setting.label:<56} {r.total:>8.2f} {naive / r.total:>8.2f} {r.peak_mb:>8.0f} "
                      f"{r.dice:>6.3f} {r.fraction:>7.1%}  {stages}")
     return "\n".join(lines)
 
@@ -374,7 +379,7 @@ def localisation_check(ct_path: Path, reference_path: Path, job_ct: Path, job_re
             results.append((result, time.perf_counter() - started))
         (full, full_s), (localised, localised_s) = results
         n_slices = len(reference)
-        fraction = localised.region.fraction_of(n_slices, card.preprocessing.slice_size) if localised.region else 1.0
+        fraction = regions_fraction(localised.regions, n_slices, card.preprocessing.slice_size) if localised.regions else 1.0
         rows.append(LocalisationRow(
             name, dice(sitk.GetArrayViewFromImage(full.labelmap) > 0, reference),
             dice(sitk.GetArrayViewFromImage(localised.labelmap) > 0, reference), fraction, full_s, localised_s,

@@ -57,7 +57,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         options["threshold"] = args.threshold
     if args.localise is not None:
-        options["localisation"] = Localisation() if args.localise else None
+        from liteseg.io.modelcard import find_card
+
+        options["localisation"] = (find_card(args.model).localisation or Localisation()) if args.localise else None
     if args.folder and args.dicom_seg is not None:
         raise LiteSegError("--dicom-seg writes the SEG of one DICOM series: give that series folder, without --folder")
     if args.folder:
@@ -142,7 +144,8 @@ def evaluate_model(args: argparse.Namespace) -> int:
     patients = args.patients or held_out_patients(card)
     bar = ProgressBar("held-out patients")
     try:
-        rows = evaluate_slice_patients(cases_from_slice_dataset(args.slices), patients, network, card, progress=bar)
+        rows = evaluate_slice_patients(cases_from_slice_dataset(args.slices), patients, network, card, progress=bar,
+                                       backend=args.backend)
     finally:
         bar.close()
     print(f"model: {card.name} {card.version}")
@@ -158,7 +161,9 @@ def evaluate_model(args: argparse.Namespace) -> int:
     if args.sample_ct:
         ct, reference = read_image(fetch_sample(SAMPLE_CT)), read_image(fetch_sample(SAMPLE_PANCREAS))
         localisation = card.localisation or Localisation(CHECKED_STEP_MM)
-        checks = [check_whole_volume(ct, reference, network, card, setting) for setting in (localisation, None)]
+        if args.localiser is not None:
+            localisation = Localisation(localisation.step_mm, localisation.margin_px, args.localiser)
+        checks = [check_whole_volume(ct, reference, network, card, setting, args.backend) for setting in (localisation, None)]
         print("sample CT (ct/pancreas_TS-A; reference: TotalSegmentator's predicted pancreas, not manual)")
         print(format_volume_table(checks))
     if args.record:
@@ -244,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model card's)")
     segment.add_argument("--largest-component", action="store_true", help="keep only the largest connected component")
     segment.add_argument("--localise", action=argparse.BooleanOptionalAction, default=None,
-                         help="a coarse pass over every few slices first, then segment only the region it "
-                         "finds (default: the model card's choice; on for the bundled pancreas model)")
+                         help="a coarse pass over every few slices first (the model card's settings and first-look "
+                         "model), then segment only the region it finds (default: the model card's choice; on for "
+                         "the bundled pancreas model)")
     segment.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="auto (default): openvino where installed (bfloat16 on CPUs with native bfloat16), else fast; "
                          "openvino = OpenVINO float32 (pip install 'liteseg[openvino]'); fast = PyTorch, BatchNorm folded + "
@@ -301,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sample-ct", action="store_true",
                           help="with --slices: also the sample CT's 3D Dice and the volume labelled >= 30 mm from "
                           "its pancreas, localised and whole-volume")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto",
+                          help="with --slices: how the network runs (default auto; fast = PyTorch float32, the reference "
+                          "the recorded figures use)")
+    evaluate.add_argument("--localiser", default=None, metavar="MODEL",
+                          help="with --sample-ct: the bundled model name or model card .json that runs the localisation's "
+                          "first look (default: the card's, else the model itself), recorded with --record")
     evaluate.add_argument("--label-values", type=int, nargs="+", default=None, help="reference values counted as foreground (default: nonzero)")
     evaluate.add_argument("--csv", type=Path, default=None, help="write the per-case metrics to this CSV")
     evaluate.add_argument("--froc", type=Path, default=None, metavar="PREFIX",

@@ -99,15 +99,19 @@ def far_slice_mask(reference: sitk.Image, distance_mm: float = FAR_FROM_TARGET_M
 
 def check_whole_volume(
     ct: sitk.Image, reference: sitk.Image, network: nn.Module, card: ModelCard, localisation: Optional[Localisation],
+    backend: str = "auto",
 ) -> VolumeCheck:
     """Segment `ct` with `localisation` (None: the whole volume) and the card's threshold, and measure it."""
-    result = segment_image(ct, network, card.preprocessing, threshold=card.threshold, localisation=localisation)
+    result = segment_image(ct, network, card.preprocessing, threshold=card.threshold, localisation=localisation,
+                           backend=backend)
     orientation = slice_orientation(ct)
     predicted = orientation.to_canonical(sitk.GetArrayViewFromImage(result.labelmap)) > 0
     expected = orientation.to_canonical(sitk.GetArrayViewFromImage(reference)) > 0.5
     far = far_slice_mask(reference)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px)" if localisation else "whole volume"
+    setting = "whole volume"
+    if localisation:
+        setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px{', ' + localisation.model if localisation.model else ''})"
     return VolumeCheck(setting, localisation is not None, dice(predicted, expected), float(predicted.sum()) * voxel_ml, int(far.sum()),
                        float(predicted[far].sum()) * voxel_ml, sum(result.seconds.values()))
 
@@ -150,12 +154,15 @@ def record_evaluation(card: ModelCard, dataset: str, rows: Sequence[PatientDice]
         localised, whole = checks
         change = localised.dice - whole.dice
         if localisation_keeps_dice(localised, whole):
+            first_look = f"the model {localisation.model}" if localisation.model else "this model"
             inference["localisation"] = {
                 "step_mm": localisation.step_mm, "margin_px": localisation.margin_px,
+                **({"model": localisation.model} if localisation.model else {}),
                 "check": f"on by default: against whole-volume inference it changed the sample CT's Dice by {change:+.4f} "
                          f"({localised.dice:.4f} vs {whole.dice:.4f}; liteseg evaluate --record, {evaluation['date']}). "
-                         "A coarse pass on slices about step_mm apart, then only the slices and in-plane box it finds, "
-                         "widened by one step and margin_px pixels of the 256x256 grid.",
+                         f"A coarse pass of {first_look} on slices about step_mm apart, then only a region around each "
+                         "connected part of what it finds: its slices widened by one step, its box by margin_px pixels "
+                         "of this model's slice grid.",
             }
     if inference:
         data["inference"] = inference

@@ -89,9 +89,12 @@ class ModelCard:
     @property
     def localisation(self) -> Optional[Localisation]:
         """The localisation pass this model runs by default (None: whole volume), as checked
-        against full-volume inference and recorded in the card's "inference" section."""
+        against full-volume inference and recorded in the card's "inference" section (with the
+        model that runs its first look, when that is not this model)."""
         options = self.data.get("inference", {}).get("localisation")
-        return Localisation(float(options["step_mm"]), int(options["margin_px"])) if options else None
+        if not options:
+            return None
+        return Localisation(float(options["step_mm"]), int(options["margin_px"]), options.get("model"))
 
     @property
     def segments_slices(self) -> bool:

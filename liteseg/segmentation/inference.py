@@ -6,10 +6,11 @@ and a cancel flag.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,20 +33,20 @@ from liteseg.io.images import (
 )
 from liteseg.io.modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
 from liteseg.progress import BarFactory, CancelFlag, ProgressCallback, is_cancelled, iterate
-from liteseg.segmentation.localisation import Localisation, Region, coarse_indices, find_region
+from liteseg.segmentation.localisation import Localisation, Region, coarse_indices, find_regions, region_slices
 from liteseg.segmentation.preprocessing import Normaliser, Preprocessing, resize_slices
 from liteseg.segmentation.runtime import Runner, batch_for, make_runner
 
 
 @dataclass
 class SegmentationResult:
-    """A labelmap on the input grid, with the time each stage took (seconds), the region the
-    full pass segmented (None: the whole volume, or nothing: see `message`) and a message for
+    """A labelmap on the input grid, with the time each stage took (seconds), the regions the
+    full pass segmented (none: the whole volume, or nothing: see `message`) and a message for
     the user when the localisation pass found nothing (the labelmap is then empty)."""
 
     labelmap: sitk.Image
     seconds: dict[str, float] = field(default_factory=dict)
-    region: Optional[Region] = None
+    regions: list[Region] = field(default_factory=list)
     message: str = ""
 
     @property
@@ -100,27 +101,64 @@ class SliceProgress:
             self.progress(min(self.done / self.total, 1.0), what)
 
 
+@dataclass(frozen=True)
+class Localiser:
+    """A network that runs the localisation's first look instead of the segmenting one, with its
+    own preprocessing (e.g. a 128x128 slice grid) and threshold."""
+
+    network: nn.Module
+    preprocessing: Preprocessing
+    threshold: float
+
+    @classmethod
+    def of(cls, network: nn.Module, card: ModelCard) -> "Localiser":
+        return cls(network, card.preprocessing, card.threshold)
+
+
+@dataclass(frozen=True)
+class FirstLook:
+    """How the first look runs: the runner, its normaliser, its slice grid and threshold."""
+
+    runner: Runner
+    normalise: Normaliser
+    slice_size: tuple[int, int]
+    threshold: float
+
+
+def load_localiser(model: str) -> Localiser:
+    """The localiser a card's localisation names (bundled model name or card path), loaded once
+    per process for each card and weights checksum."""
+    card = find_card(model)
+    return _loaded_localiser(str(card.path.resolve()), card.data["sha256"])
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_localiser(card_path: str, _sha256: str) -> Localiser:
+    try:
+        return Localiser.of(*load_model(card_path))
+    except WeightsError as error:
+        raise WeightsError(f"the localisation's first-look model cannot be used: {error.message}") from None
+
+
 def locate(
-    runner: Runner,
+    look: FirstLook,
     volume: np.ndarray,
-    normalise: Normaliser,
-    slice_size: tuple[int, int],
+    grid: tuple[int, int],
     indices: np.ndarray,
     step: int,
     localisation: Localisation,
-    threshold: float,
     batch_size: int,
     progress: SliceProgress,
-) -> Optional[Region]:
-    """Run the network on the canonical slices `indices` (about `step` apart); the region its
-    foreground bounds, or None when it finds nothing."""
+) -> list[Region]:
+    """Run the first look on the canonical slices `indices` (about `step` apart); the regions
+    around its foreground on the segmenting model's slice `grid` (none when it finds nothing)."""
     masks = []
     for batch in _batches(indices, batch_size):
         progress.check()
-        logits = runner(_model_input(volume, batch, normalise, slice_size))
-        masks.append(_labels(_probabilities(logits), slice_size, threshold) > 0)
+        logits = look.runner(_model_input(volume, batch, look.normalise, look.slice_size))
+        masks.append(_labels(_probabilities(logits), grid, look.threshold) > 0)
         progress.advance(len(batch), f"locating: slice {batch[-1] + 1}/{volume.shape[0]}")
-    return find_region(np.concatenate(masks), indices, volume.shape[0], step, localisation.margin_px)
+    return find_regions(np.concatenate(masks), indices, volume.shape[0], step, localisation.margin_px)
 
 
 def predict_canonical(
@@ -131,28 +169,36 @@ def predict_canonical(
     write: Callable[[int, np.ndarray], None],
     threshold: float = 0.5,
     batch_size: int = 16,
-    region: Optional[Region] = None,
+    regions: Sequence[Region] = (),
     progress: Optional[SliceProgress] = None,
 ) -> None:
-    """Labels (uint8) of a canonical volume (slices, rows, cols), batch by batch, each batch
-    handed to `write(first_slice, labels)`: slices are normalised and resized to `slice_size`,
-    probabilities resized back linearly and thresholded, so no copy of the whole volume is ever
-    made. With a `region`, only its slices and in-plane box are run (the caller's output is
-    background elsewhere)."""
+    """Labels (uint8) of a canonical volume (slices, rows, cols), batch by batch, each batch of
+    consecutive slices handed to `write(first_slice, labels)`: slices are normalised and resized
+    to `slice_size`, probabilities resized back linearly and thresholded, so no copy of the whole
+    volume is ever made. With `regions` (not overlapping), only their slices and in-plane boxes
+    are run (the caller's output is background elsewhere)."""
     check_threshold(threshold)
     n_slices, rows, cols = volume.shape
-    region = region or Region(0, n_slices, 0, slice_size[0], 0, slice_size[1])
-    progress = progress or SliceProgress(region.n_slices, None, None)
-    for batch in _batches(np.arange(region.first, region.stop), batch_size):
-        progress.check()
-        inputs = _model_input(volume, batch, normalise, slice_size)
-        logits = runner(inputs[:, :, region.row0 : region.row1, region.col0 : region.col1])
-        probability = torch.zeros((len(batch), logits.shape[1], *slice_size))
-        if logits.shape[1] > 1:
-            probability[:, 0] = 1.0  # background outside the region
-        probability[:, :, region.row0 : region.row1, region.col0 : region.col1] = _probabilities(logits)
-        write(int(batch[0]), _labels(probability, (rows, cols), threshold))
-        progress.advance(len(batch), f"slice {batch[-1] + 1}/{n_slices}")
+    regions = list(regions) or [Region(0, n_slices, 0, slice_size[0], 0, slice_size[1])]
+    progress = progress or SliceProgress(sum(stop - first for first, stop in region_slices(regions)), None, None)
+    for first, stop in region_slices(regions):
+        for batch in _batches(np.arange(first, stop), batch_size):
+            progress.check()
+            inputs = _model_input(volume, batch, normalise, slice_size)
+            probability = None
+            for region in regions:
+                inside = torch.from_numpy((batch >= region.first) & (batch < region.stop))
+                if not inside.any():
+                    continue
+                crop = inputs[inside, :, region.row0 : region.row1, region.col0 : region.col1]
+                logits = runner(crop)
+                if probability is None:
+                    probability = torch.zeros((len(batch), logits.shape[1], *slice_size))
+                    if logits.shape[1] > 1:
+                        probability[:, 0] = 1.0  # background outside the regions
+                probability[inside, :, region.row0 : region.row1, region.col0 : region.col1] = _probabilities(logits)
+            write(int(batch[0]), _labels(probability, (rows, cols), threshold))
+            progress.advance(len(batch), f"slice {batch[-1] + 1}/{n_slices}")
 
 
 def segment_image(
@@ -167,13 +213,15 @@ def segment_image(
     backend: str = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: CancelFlag = None,
+    localiser: Optional[Localiser] = None,
 ) -> SegmentationResult:
     """Segment a 3D image slice by slice along its axial axis; the labelmap has its exact grid.
 
-    With `localisation`, a coarse pass over every few slices first bounds the organ and the full
-    pass runs inside that region only; when it finds nothing, a second look halfway between its
+    With `localisation`, a coarse pass over every few slices first finds where the organ can be
+    and the full pass runs inside the regions around what it found only; when it finds nothing, a second look halfway between its
     slices, and when that finds nothing either, an empty labelmap with `message` saying so (no
-    slow whole-volume pass: `localisation=None` segments every slice).
+    slow whole-volume pass: `localisation=None` segments every slice). The coarse pass runs
+    `localiser`, else the model `localisation.model` names (`load_localiser`), else `network`.
     `backend` is how the network is executed (see `liteseg.segmentation.runtime`; results equal up to float
     rounding); `batch_size` (slices per batch) defaults to the backend's best.
     """
@@ -197,13 +245,15 @@ def segment_image(
     runner = make_runner(network, backend)
     times["preprocess"] = time.perf_counter() - started
 
-    region = None
+    regions: list[Region] = []
     labelmap = sitk.Image(image.GetSize(), sitk.sitkUInt8)  # background; filled slab by slab
     labelmap.CopyInformation(image)
     n_slices = volume.shape[0]
     tracker = SliceProgress(n_slices, progress, cancel)
     if localisation is not None:
         started = time.perf_counter()
+        look = _first_look(localisation, localiser, volume, preprocessing, backend, FirstLook(
+            runner, normalise, preprocessing.slice_size, threshold))
         step = localisation.step(orientation.canonical_spacing(image)[0])
         looks = [coarse_indices(n_slices, step)]
         if step > 1:  # a finer second look, halfway between, only if the first finds nothing
@@ -211,26 +261,27 @@ def segment_image(
         tracker.total = len(looks[0]) + n_slices
         for number, indices in enumerate(looks):
             tracker.total += len(indices) if number else 0
-            region = locate(runner, volume, normalise, preprocessing.slice_size, indices, step, localisation,
-                            threshold, batch_size or batch_for(preprocessing.slice_size, backend), tracker)
-            if region is not None:
+            regions = locate(look, volume, preprocessing.slice_size, indices, step, localisation,
+                             batch_size or batch_for(look.slice_size, backend), tracker)
+            if regions:
                 break
         times["localise"] = time.perf_counter() - started
-        if region is None:
+        if not regions:
             looked = sum(len(indices) for indices in looks)
             if progress is not None:
                 progress(1.0, "nothing found")
-            return SegmentationResult(labelmap, times, None, (
+            return SegmentationResult(labelmap, times, [], (
                 f"nothing found in the scanned range: the localisation pass looked at {looked} of {n_slices} "
                 "slices and found no foreground, so the result is empty; segment the whole volume "
                 "(localisation off) to check every slice"))
-        tracker.total = tracker.done + region.n_slices
+        tracker.total = tracker.done + sum(stop - first for first, stop in region_slices(regions))
 
     started = time.perf_counter()
-    crop = (region.row1 - region.row0, region.col1 - region.col0) if region else preprocessing.slice_size
+    crop = max(((r.row1 - r.row0, r.col1 - r.col0) for r in regions), default=preprocessing.slice_size,
+               key=lambda size: size[0] * size[1])
     predict_canonical(runner, volume, normalise, preprocessing.slice_size,
                       lambda first, labels: orientation.paste_slices(labelmap, first, labels), threshold,
-                      batch_size or batch_for(crop, backend), region, tracker)
+                      batch_size or batch_for(crop, backend), regions, tracker)
     times["inference"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -239,7 +290,22 @@ def segment_image(
         labelmap = sitk.GetImageFromArray(largest_component(labels > 0) * labels)
         labelmap.CopyInformation(image)
     times["postprocess"] = time.perf_counter() - started
-    return SegmentationResult(labelmap, times, region)
+    return SegmentationResult(labelmap, times, regions)
+
+
+def _first_look(localisation: Localisation, localiser: Optional[Localiser], volume: np.ndarray,
+                preprocessing: Preprocessing, backend: str, own: FirstLook) -> FirstLook:
+    """The first look of `localisation`: `localiser`, else the model it names, else `own` (the
+    segmenting network's); a localiser must take the same modality."""
+    if localiser is None and localisation.model is not None:
+        localiser = load_localiser(localisation.model)
+    if localiser is None:
+        return own
+    if localiser.preprocessing.modality != preprocessing.modality:
+        raise WeightsError(f"the localisation's first-look model takes {localiser.preprocessing.modality} "
+                           f"but the segmenting model takes {preprocessing.modality}")
+    return FirstLook(make_runner(localiser.network, backend), localiser.preprocessing.normalizer(volume),
+                     localiser.preprocessing.slice_size, localiser.threshold)
 
 
 def with_card_defaults(card: ModelCard, options: dict) -> dict:

@@ -1,9 +1,10 @@
 """A cheap first look at the whole volume that bounds where the organ can be.
 
-The network runs on every k-th slice only (k slices about `step_mm` apart, the LowRes idea of a
-low-resolution pass, here along the slice axis); the slices and in-plane box that hold its
-foreground, widened by one coarse step and by `margin_px` model pixels of context, are the only
-region the full pass then segments.
+A network runs on every k-th slice only (k slices about `step_mm` apart, the LowRes idea of a
+low-resolution pass, here along the slice axis): the segmenting network itself, or a cheaper
+`model` trained for the first look (e.g. the same network at 128x128). The slices and in-plane box
+around each connected part of its foreground, widened by one coarse step and by `margin_px`
+pixels of the segmenting model's slice grid, are the only regions the full pass then segments.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ MULTIPLE = 16  # crops keep sizes a multiple of the 2D networks' total downsampl
 
 @dataclass(frozen=True)
 class Localisation:
-    """Options of the localisation pass (`step_mm` between coarse slices, `margin_px` in the
-    model's slice grid around the coarse foreground box)."""
+    """Options of the localisation pass: `step_mm` between coarse slices, `margin_px` in the
+    segmenting model's slice grid around the coarse foreground box, and the `model` (a bundled
+    model name or model card path) that runs the first look; None: the segmenting network."""
 
     step_mm: float = DEFAULT_STEP_MM
     margin_px: int = DEFAULT_MARGIN_PX
+    model: Optional[str] = None
 
     def step(self, slice_spacing_mm: float) -> int:
         """Coarse step in slices (at least 1) for slices `slice_spacing_mm` apart."""
@@ -47,6 +50,10 @@ class Region:
     def n_slices(self) -> int:
         return self.stop - self.first
 
+    def overlaps(self, other: "Region") -> bool:
+        return (self.first < other.stop and other.first < self.stop and self.row0 < other.row1
+                and other.row0 < self.row1 and self.col0 < other.col1 and other.col0 < self.col1)
+
     def fraction_of(self, n_slices: int, slice_size: tuple[int, int]) -> float:
         """Share of the full pass's pixels that this region holds."""
         return self.n_slices * (self.row1 - self.row0) * (self.col1 - self.col0) / (n_slices * slice_size[0] * slice_size[1])
@@ -68,17 +75,52 @@ def _widened(low: int, high: int, margin: int, size: int) -> tuple[int, int]:
     return low, high
 
 
-def find_region(
+def find_regions(
     coarse_masks: np.ndarray, indices: np.ndarray, n_slices: int, step: int, margin_px: int
-) -> Optional[Region]:
-    """The region to segment from the foreground masks (k, rows, cols) of the coarse slices
-    `indices`; None when no coarse slice holds foreground."""
-    hits = indices[coarse_masks.reshape(len(indices), -1).any(axis=1)]
-    if hits.size == 0:
-        return None
-    union = coarse_masks.any(axis=0)
-    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    row0, row1 = _widened(int(rows[0]), int(rows[-1]) + 1, margin_px, union.shape[0])
-    col0, col1 = _widened(int(cols[0]), int(cols[-1]) + 1, margin_px, union.shape[1])
-    first, stop = max(0, int(hits[0]) - step), min(n_slices, int(hits[-1]) + step + 1)
-    return Region(first, stop, row0, row1, col0, col1)
+) -> list[Region]:
+    """The regions to segment from the foreground masks (k, rows, cols) of the coarse slices
+    `indices`: one per connected component of the coarse foreground (the coarse slices stacked,
+    so that a component goes on over consecutive coarse slices; LowRes's box per component), its
+    slices widened by one step each way and its box by `margin_px`; regions that overlap are
+    merged into the box holding both. Empty when no coarse slice holds foreground."""
+    from liteseg.components import component_boxes  # SimpleITK: not at import, model cards are listed without it
+
+    rows, cols = coarse_masks.shape[1:]
+    regions = []
+    for component in component_boxes(coarse_masks):
+        (first, row0, col0), (last, row1, col1) = component.box.start, component.box.stop
+        row0, row1 = _widened(row0, row1, margin_px, rows)
+        col0, col1 = _widened(col0, col1, margin_px, cols)
+        regions.append(Region(max(0, int(indices[first]) - step), min(n_slices, int(indices[last - 1]) + step + 1),
+                              row0, row1, col0, col1))
+    return _merged(regions, (rows, cols))
+
+
+def _merged(regions: list[Region], grid: tuple[int, int]) -> list[Region]:
+    """`regions` with every overlapping pair replaced by the box holding both, sorted by first slice."""
+    regions = list(regions)
+    while True:
+        pair = next(((a, b) for a in range(len(regions)) for b in range(a + 1, len(regions))
+                     if regions[a].overlaps(regions[b])), None)
+        if pair is None:
+            return sorted(regions, key=lambda r: (r.first, r.row0, r.col0))
+        b, a = regions.pop(pair[1]), regions.pop(pair[0])
+        row0, row1 = _widened(min(a.row0, b.row0), max(a.row1, b.row1), 0, grid[0])
+        col0, col1 = _widened(min(a.col0, b.col0), max(a.col1, b.col1), 0, grid[1])
+        regions.append(Region(min(a.first, b.first), max(a.stop, b.stop), row0, row1, col0, col1))
+
+
+def regions_fraction(regions: list[Region], n_slices: int, slice_size: tuple[int, int]) -> float:
+    """Share of the full pass's pixels that non-overlapping `regions` hold."""
+    return sum(region.fraction_of(n_slices, slice_size) for region in regions)
+
+
+def region_slices(regions: list[Region]) -> list[tuple[int, int]]:
+    """The runs [first, stop) of consecutive slices that `regions` cover, in order."""
+    runs: list[tuple[int, int]] = []
+    for first, stop in sorted((r.first, r.stop) for r in regions):
+        if runs and first <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], stop))
+        else:
+            runs.append((first, stop))
+    return runs
