@@ -33,7 +33,14 @@ from liteseg.io.images import (
 )
 from liteseg.io.modelcard import DEFAULT_MODEL, ModelCard, find_card, load_network
 from liteseg.progress import BarFactory, CancelFlag, ProgressCallback, is_cancelled, iterate
-from liteseg.segmentation.localisation import Localisation, Region, coarse_indices, find_regions, region_slices
+from liteseg.segmentation.localisation import (
+    Localisation,
+    Region,
+    coarse_indices,
+    covered_slices,
+    find_regions,
+    region_slices,
+)
 from liteseg.segmentation.preprocessing import Normaliser, Preprocessing, resize_slices
 from liteseg.segmentation.runtime import Runner, batch_for, make_runner
 
@@ -180,7 +187,7 @@ def predict_canonical(
     check_threshold(threshold)
     n_slices, rows, cols = volume.shape
     regions = list(regions) or [Region(0, n_slices, 0, slice_size[0], 0, slice_size[1])]
-    progress = progress or SliceProgress(sum(stop - first for first, stop in region_slices(regions)), None, None)
+    progress = progress or SliceProgress(covered_slices(regions), None, None)
     for first, stop in region_slices(regions):
         for batch in _batches(np.arange(first, stop), batch_size):
             progress.check()
@@ -218,9 +225,9 @@ def segment_image(
     """Segment a 3D image slice by slice along its axial axis; the labelmap has its exact grid.
 
     With `localisation`, a coarse pass over every few slices first finds where the organ can be
-    and the full pass runs inside the regions around what it found only; when it finds nothing, a second look halfway between its
-    slices, and when that finds nothing either, an empty labelmap with `message` saying so (no
-    slow whole-volume pass: `localisation=None` segments every slice). The coarse pass runs
+    and the full pass runs only in the regions around what it found; when it finds nothing, a
+    second look halfway between its slices, and when that finds nothing either, an empty labelmap
+    with `message` saying so (no slow whole-volume pass: `localisation=None` segments every slice). The coarse pass runs
     `localiser`, else the model `localisation.model` names (`load_localiser`), else `network`.
     `backend` is how the network is executed (see `liteseg.segmentation.runtime`; results equal up to float
     rounding); `batch_size` (slices per batch) defaults to the backend's best.
@@ -274,7 +281,7 @@ def segment_image(
                 f"nothing found in the scanned range: the localisation pass looked at {looked} of {n_slices} "
                 "slices and found no foreground, so the result is empty; segment the whole volume "
                 "(localisation off) to check every slice"))
-        tracker.total = tracker.done + sum(stop - first for first, stop in region_slices(regions))
+        tracker.total = tracker.done + covered_slices(regions)
 
     started = time.perf_counter()
     crop = max(((r.row1 - r.row0, r.col1 - r.col0) for r in regions), default=preprocessing.slice_size,

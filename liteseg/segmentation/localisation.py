@@ -115,6 +115,11 @@ def regions_fraction(regions: list[Region], n_slices: int, slice_size: tuple[int
     return sum(region.fraction_of(n_slices, slice_size) for region in regions)
 
 
+def covered_slices(regions: list[Region]) -> int:
+    """How many slices `regions` cover (a slice of several regions counted once)."""
+    return sum(stop - first for first, stop in region_slices(regions))
+
+
 def region_slices(regions: list[Region]) -> list[tuple[int, int]]:
     """The runs [first, stop) of consecutive slices that `regions` cover, in order."""
     runs: list[tuple[int, int]] = []
