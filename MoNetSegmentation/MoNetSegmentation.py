@@ -62,7 +62,7 @@ class MoNetSegmentationParameterNode:
     model - bundled model name (the selector shows the versions).
     threshold - probability threshold of the pancreas.
     keepLargestComponent - keep only the largest connected component.
-    localizeFirst - a coarse pass first, then segment only the region it finds (faster).
+    localizeFirst - a coarse pass first, then segment only the regions around what it finds (faster).
     show3D - also build the surface shown in 3D views.
     allowNonCT - skip the check that the volume's intensities suit the model (e.g. HU for a CT model).
     """

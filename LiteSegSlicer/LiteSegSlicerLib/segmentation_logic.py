@@ -106,7 +106,7 @@ class SegmentationLogic:
             segmentation is put under the same transform.
         :param show3D: also create the closed-surface representation (shown in 3D views).
         :param localizeFirst: run a coarse pass over every few slices first and segment only the
-            region it finds (several times faster); None uses the model card's choice (on for the
+            regions around what it finds (several times faster); None uses the model card's choice (on for the
             bundled pancreas model, whose card records the check against full-volume inference).
         :raises ValueError: no input, not a scalar volume (or a label map), not 3D, transformed
             volume, input or output removed from the scene during the run, bad threshold, not a CT
