@@ -244,6 +244,8 @@ def test_training_on_a_slice_dataset_and_evaluating_its_held_out_patients(tmp_pa
     assert recorded["mean_dice"] == pytest.approx(np.mean([r.dice for r in rows]), abs=0.01)
     with pytest.raises(LiteSegError, match="not in the slice dataset"):
         evaluate_slice_patients(cases_from_slice_dataset(description), ["Q"], load_network(card), card)
+    assert main(["evaluate", "--slices", str(description), "--model", str(card_path), "--localiser", "m-128"]) == 2
+    assert "--localiser is checked on the sample CT: give --sample-ct too" in capsys.readouterr().err
 
 
 def test_liteseg_train_takes_a_slice_dataset_with_its_network_window_and_precision(tmp_path, capsys):

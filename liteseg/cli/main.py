@@ -158,6 +158,8 @@ def evaluate_model(args: argparse.Namespace) -> int:
             writer.writerows((r.patient, r.slices, f"{r.dice:.6f}", r.pred_pixels, r.ref_pixels) for r in rows)
         print(f"wrote {args.csv}")
     checks, localisation = [], None
+    if args.localiser is not None and not args.sample_ct:
+        raise LiteSegError("--localiser is checked on the sample CT: give --sample-ct too")
     if args.sample_ct:
         ct, reference = read_image(fetch_sample(SAMPLE_CT)), read_image(fetch_sample(SAMPLE_PANCREAS))
         localisation = card.localisation or Localisation(CHECKED_STEP_MM)
@@ -250,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--largest-component", action="store_true", help="keep only the largest connected component")
     segment.add_argument("--localise", action=argparse.BooleanOptionalAction, default=None,
                          help="a coarse pass over every few slices first (the model card's settings and first-look "
-                         "model), then segment only the region it finds (default: the model card's choice; on for "
-                         "the bundled pancreas model)")
+                         "model), then segment only the regions around what it finds (default: the model card's choice; "
+                         "on for the bundled pancreas model)")
     segment.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="auto (default): openvino where installed (bfloat16 on CPUs with native bfloat16), else fast; "
                          "openvino = OpenVINO float32 (pip install 'liteseg[openvino]'); fast = PyTorch, BatchNorm folded + "

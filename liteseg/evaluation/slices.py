@@ -111,7 +111,8 @@ def check_whole_volume(
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     setting = "whole volume"
     if localisation:
-        setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px{', ' + localisation.model if localisation.model else ''})"
+        first_look = f", {localisation.model}" if localisation.model else ""
+        setting = f"localised ({localisation.step_mm:g} mm, {localisation.margin_px} px{first_look})"
     return VolumeCheck(setting, localisation is not None, dice(predicted, expected), float(predicted.sum()) * voxel_ml, int(far.sum()),
                        float(predicted[far].sum()) * voxel_ml, sum(result.seconds.values()))
 
