@@ -75,11 +75,12 @@ def test_region_slices_are_the_runs_the_regions_cover():
     assert region_slices(regions) == [(0, 8), (10, 12)]
 
 
-def organ_phantom() -> sitk.Image:
-    """A 60-slice CT-like volume (2 mm slices) with one 'organ' over slices 25-36."""
-    array = np.full((60, 64, 64), 40, dtype=np.int16)
+def organ_phantom(size: int = 64, organs: tuple = (np.s_[25:37, 30:42, 10:26],)) -> sitk.Image:
+    """A 60-slice CT-like volume (2 mm slices, `size` x `size`) with 'organs' (default: one over slices 25-36)."""
+    array = np.full((60, size, size), 40, dtype=np.int16)
     array[:, :4] = -1000
-    array[25:37, 30:42, 10:26] = 150
+    for organ in organs:
+        array[organ] = 150
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((1.0, 1.0, 2.0))
     return image
@@ -131,19 +132,8 @@ def test_when_the_coarse_pass_finds_nothing_a_second_look_then_an_empty_result_n
     whole = segment_image(thin_object_volume(17), network, preprocessing, backend="eager", localisation=None)
     assert whole.foreground_voxels == 16 and not whole.message  # on request, every slice
 
-def two_organ_phantom() -> sitk.Image:
-    """A 60-slice CT-like volume (2 mm slices) with two 'organs' on the same slices, far apart in the slice."""
-    array = np.full((60, 128, 128), 40, dtype=np.int16)
-    array[:, :4] = -1000
-    array[20:34, 10:22, 10:24] = 150
-    array[24:40, 100:118, 96:120] = 150
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((1.0, 1.0, 2.0))
-    return image
-
-
 def test_two_finds_on_the_same_slices_are_segmented_in_two_boxes_exactly_as_the_whole_volume():
-    image = two_organ_phantom()
+    image = organ_phantom(128, (np.s_[20:34, 10:22, 10:24], np.s_[24:40, 100:118, 96:120]))  # on the same slices
     preprocessing = Preprocessing(slice_size=(128, 128))
     full = segment_image(image, WindowNet(preprocessing), preprocessing, backend="eager")
     network = WindowNet(preprocessing)
