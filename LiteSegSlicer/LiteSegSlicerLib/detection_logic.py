@@ -46,6 +46,7 @@ __all__ = ["DetectionLogic", "DetectionOutputs", "Cancelled"]
 REMEDIES = {
     ("model", "CARD.json"): " with model='CARD.json' (a LowRes model card path)",
     ("model", "NAME"): ": choose one with model=NAME",
+    ("precision", "float32"): ": use precision='float32'",
 }
 
 
@@ -112,6 +113,7 @@ class DetectionLogic:
         applyParentTransform: bool = False,
         maxVoxelsStage1: Optional[int] = None,
         maxVoxelsStage2: Optional[int] = None,
+        precision: str = "auto",
     ) -> DetectionOutputs:
         """Detect objects in `inputVolume` (blocking); returns (segmentation, table, ROIs).
 
@@ -142,6 +144,8 @@ class DetectionLogic:
             engine's default.
         :param maxVoxelsStage2: largest stage-2 tile in full-resolution voxels (bounds memory);
             None: the engine's default.
+        :param precision: of stage 2: "auto" (bfloat16 on CPUs with native bfloat16, else
+            float32), "float32" or "bfloat16".
         :raises ValueError: no input, not a scalar volume (or a label map), transformed volume, input
             or output removed from the scene during the run, not a CT for a CT
             model, no or bad model, bad threshold or margin, output under another transform, ...
@@ -182,6 +186,7 @@ class DetectionLogic:
                 margin=engineMargin,
                 max_voxels_stage1=int(maxVoxelsStage1 or DEFAULT_MAX_VOXELS_STAGE1),
                 max_voxels_stage2=int(maxVoxelsStage2 or DEFAULT_MAX_VOXELS_STAGE2),
+                precision=precision,
                 allow_non_ct=bool(allowNonCT),
                 progress=engineProgress,
                 cancel=cancel,

@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import real_data
 
+from liteseg.cpu import native_bfloat16
 from liteseg.evaluation.metrics import dice
 from liteseg.io.modelcard import DEFAULT_MODEL, bundled_cards, find_card, sha256_file
 from liteseg.segmentation.demo import run_demo
@@ -151,3 +152,20 @@ def test_detect_and_evaluate_a_real_slab_end_to_end(tmp_path, capsys):
     # a training slab of the bundled model: its one lesion is found
     assert "over 1 object(s) in 1 scan(s)" in out and "over 1 hit object(s)" in out
     assert (tmp_path / "froc.csv").is_file() and (tmp_path / "froc.png").is_file()
+
+
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_stage2_keeps_the_float32_labelmap_on_real_slabs():
+    """The rule of the low-precision paths: labels within Dice 0.005 of float32 (here per slab, on
+    every DeepLesion slab of the data, with the bundled weights)."""
+    from liteseg.detection.lowres import detect_image, load_detector
+
+    network, preprocessing = load_detector(bundled_lowres_card())
+    slabs = sorted(real_data("ct/lesions_DeepLesion").glob("*_img_uint8.nii.gz"))
+    assert len(slabs) >= 6
+    for path in slabs:
+        image = sitk.ReadImage(str(path))
+        labels = [sitk.GetArrayFromImage(detect_image(image, network, preprocessing, precision=p).labelmap) > 0
+                  for p in ("float32", "bfloat16")]
+        assert labels[0].any(), path.name
+        assert dice(labels[0], labels[1]) >= 0.995, path.name

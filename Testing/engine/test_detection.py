@@ -31,13 +31,16 @@ from liteseg.detection.lowres import (
     grown_cells,
     refine_box,
     stage1_features,
+    stage2_dtype,
     upsampled_logits,
 )
-from liteseg.detection.interruptible import interruptible_convolutions
+from liteseg.detection import lowres as lowres_module
+from liteseg.detection.interruptible import BFLOAT16_SLAB_SCALE, interruptible_convolutions
 from liteseg.detection.preprocessing import DetectionPreprocessing
 from liteseg.detection.results import DETECTION_CSV_COLUMNS, default_csv_path, write_detections_csv
 from liteseg.detection.tiling import STAGE2_HALO, plan_tiles
-from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, WeightsError
+from liteseg.cpu import native_bfloat16
+from liteseg.errors import Cancelled, InvalidImageError, LiteSegError, Remedy, WeightsError
 from liteseg.models.lowres import LowResFeatures, LowResNet, LowResStage1, LowResStage2
 
 GREY = DetectionPreprocessing("grey_0_255", None)
@@ -433,6 +436,55 @@ def test_convolution_in_slabs_equals_the_whole_convolution(kernel, layout):
     assert shares == [first / 23 for first in range(0, 23, 5)]  # 5 rows per slab, the last 3
     torch.testing.assert_close(slabs, whole, rtol=1e-5, atol=1e-5)
     assert slabs.is_contiguous(memory_format=layout)  # the layout oneDNN chose is kept for what follows
+
+
+def test_bfloat16_convolutions_run_in_larger_slabs():
+    conv = torch.nn.Conv3d(3, 4, 3, padding=1).to(torch.bfloat16)
+    x = torch.randn(1, 3, 40, 9, 7, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    macs_per_row = 9 * 7 * 3 * 27 * 4
+    counts = {}
+    with torch.inference_mode():
+        whole = conv(x)
+        for dtype in (torch.float32, torch.bfloat16):
+            shares = []
+            with interruptible_convolutions(conv.to(dtype), shares.append, max_macs=macs_per_row):
+                slabs = conv(x.to(dtype))
+            counts[dtype] = len(shares)
+    assert counts == {torch.float32: 40, torch.bfloat16: 40 // BFLOAT16_SLAB_SCALE}
+    torch.testing.assert_close(slabs, whole)
+
+
+def test_stage2_precision_follows_the_cpu_and_refuses_emulated_bfloat16(monkeypatch):
+    monkeypatch.setattr(lowres_module, "native_bfloat16", lambda: False)
+    assert stage2_dtype("auto") == stage2_dtype("float32") == torch.float32
+    with pytest.raises(LiteSegError, match="no native bfloat16") as error:
+        stage2_dtype("bfloat16")
+    assert error.value.remedy == Remedy("precision", "float32")
+    monkeypatch.setattr(lowres_module, "native_bfloat16", lambda: True)
+    assert stage2_dtype("auto") == stage2_dtype("bfloat16") == torch.bfloat16
+    assert stage2_dtype("float32") == torch.float32
+    with pytest.raises(LiteSegError, match="unknown precision 'float16'"):
+        stage2_dtype("float16")
+
+
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_stage2_is_close_to_float32_and_leaves_the_callers_network_in_float32():
+    network = random_network(5)
+    volume = torch.rand(1, 1, 32, 64, 64, generator=torch.Generator().manual_seed(6))
+    box8 = Box((0, 0, 0), (4, 8, 8))
+    maps = {}
+    with torch.inference_mode():
+        features = network.stage1(volume)
+        for dtype in (torch.float32, torch.bfloat16):
+            maps[dtype] = np.zeros((32, 64, 64), np.float16)
+            refine_box(channels_last(network).stage2.to(dtype), features, box8, np.ones(box8.shape, bool), maps[dtype])
+    reference = maps[torch.float32].astype(np.float32)
+    assert np.abs(reference).max() > 0.1
+    np.testing.assert_allclose(maps[torch.bfloat16].astype(np.float32), reference, atol=0.05 * np.abs(reference).max())
+    array = np.zeros((32, 64, 64), np.uint8)
+    array[8:24, 16:48, 16:48] = 255
+    detect_image(grey_image(array), network, GREY, precision="bfloat16")
+    assert all(p.dtype == torch.float32 for p in network.parameters())
 
 
 def test_detection_runs_a_channels_last_copy_and_leaves_the_callers_network_as_it_was():

@@ -157,3 +157,20 @@ def test_model_table(rows: dict[str, dict]) -> None:
     text = format_model_table(list(rows.values()))
     assert "403,556" in text and "31,054,145" in text
     assert len(text.splitlines()) == len(rows) + 2
+
+
+def test_lowres_stage2_keeps_channels_last_activations_through_its_concatenations():
+    """A channels-last copy (as `liteseg detect` runs it) must not fall back to channels-first
+    activations after concatenating the one-channel input (each convolution would convert them)."""
+    network = LowResNet().eval().to(memory_format=torch.channels_last_3d)
+    layouts = []
+    for block in (network.stage2.refine2, network.stage2.refine1):
+        block.register_forward_pre_hook(lambda module, args: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    volume = torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        logits = network(volume)
+        reference = LowResNet().eval()
+        reference.load_state_dict(network.state_dict())
+        torch.testing.assert_close(logits, reference(volume), rtol=1e-4, atol=1e-4)
+    assert layouts == [True, True]

@@ -211,6 +211,11 @@ def test_errors_are_clear(core, card, tmp_path, monkeypatch):
     for margin in (-1, 1.5, True):
         with pytest.raises(ValueError, match="margin must be a whole number"):
             logic.process(volume, model=card, margin=margin)
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        logic.process(volume, model=card, precision="half")
+    monkeypatch.setattr("liteseg.detection.lowres.native_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match=r"no native bfloat16 .*: use precision='float32'"):
+        logic.process(volume, model=card, precision="bfloat16")
     monkeypatch.setenv("LITESEG_MODELS", str(tmp_path))  # no bundled LowRes model
     with pytest.raises(ValueError, match=r"no LowRes model is bundled: give a model card with model='CARD.json'"):
         logic.process(volume)

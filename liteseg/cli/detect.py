@@ -10,9 +10,11 @@ from liteseg.cli.console import ProgressBar
 from liteseg.detection.lowres import (
     DEFAULT_MAX_VOXELS_STAGE1,
     DEFAULT_MAX_VOXELS_STAGE2,
+    PRECISIONS,
     detect_image,
     find_lowres_card,
     load_detector,
+    stage2_dtype,
 )
 from liteseg.detection.results import default_csv_path, write_detections_csv
 from liteseg.io.images import check_output_path, read_image, write_image
@@ -42,6 +44,9 @@ def configure_detect_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_VOXELS_STAGE2,
         help=f"largest stage-2 tile in full-resolution voxels, bounds memory (default {DEFAULT_MAX_VOXELS_STAGE2})",
     )
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="of stage 2: auto (default) is bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX), "
+                        "else float32")
     parser.add_argument("--allow-non-ct", action="store_true", help="skip the input intensity check (Hounsfield units for a HU-window model, 0-255 for a "
                         "grey-level model)")
     parser.add_argument("--series", default=None, metavar="UID",
@@ -70,6 +75,7 @@ def run_detect(args: argparse.Namespace) -> int:
             margin=args.margin,
             max_voxels_stage1=args.max_voxels_stage1,
             max_voxels_stage2=args.max_voxels_stage2,
+            precision=args.precision,
             allow_non_ct=args.allow_non_ct,
             progress=bar,
         )
@@ -86,5 +92,6 @@ def run_detect(args: argparse.Namespace) -> int:
         print(f"  {d.index}: probability {d.max_probability:.3f}, {d.volume_ml:.3f} ml, centre RAS ({r:.1f}, {a:.1f}, {s:.1f}) mm")
     print(f"wrote {args.output}: {len(result.detections)} detection(s)")
     print(f"wrote {csv_path}")
-    print(f"time {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + ")")
+    print(f"time {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + ")"
+          f", stage 2 in {str(stage2_dtype(args.precision)).removeprefix('torch.')}")
     return 0

@@ -19,6 +19,7 @@ from torch import nn
 
 DEFAULT_SLAB_MACS = 2**32  # multiply-accumulates per slab: about 0.15 s on 2 cores
 DEFAULT_SLAB_VOXELS = 2**20  # output voxels per slab, for the memory-bound 1x1x1 convolutions
+BFLOAT16_SLAB_SCALE = 8  # bfloat16 (on CPUs that have it natively) runs 3-5x faster: larger slabs, fewer copies
 
 SlabCallback = Callable[[float], None]  # called with the share of the convolution already done
 
@@ -33,6 +34,8 @@ def _slabs_apply(conv: nn.Conv3d) -> bool:
 def _forward_in_slabs(conv: nn.Conv3d, callback: SlabCallback, max_macs: int, max_voxels: int,
                       x: torch.Tensor) -> torch.Tensor:
     depth, plane = x.shape[2], x.shape[3] * x.shape[4]
+    if x.dtype == torch.bfloat16:
+        max_macs, max_voxels = max_macs * BFLOAT16_SLAB_SCALE, max_voxels * BFLOAT16_SLAB_SCALE
     rows = max(1, min(max_macs // (plane * conv.weight[0].numel() * conv.out_channels), max_voxels // plane))
     if depth <= rows or not _slabs_apply(conv):
         callback(0.0)
