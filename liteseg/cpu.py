@@ -54,18 +54,18 @@ def _glibc() -> Optional[ctypes.CDLL]:
 
 
 @contextlib.contextmanager
-def reused_large_allocations() -> Iterator[None]:
+def reused_large_allocations() -> Iterator[bool]:
     """Inside the block, glibc keeps and reuses large freed blocks instead of unmapping them (see
     the module docstring). At its end the thresholds are set to what glibc's dynamic adjustment
-    reaches on its own and the free memory is returned to the system. Elsewhere: no effect."""
+    reaches on its own and the free memory is returned to the system. Yields whether it is in
+    effect: not off glibc, nor where glibc refuses a threshold above 32 MiB (older versions)."""
     libc = _glibc()
-    if libc is None:
-        yield
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, _REUSED_MMAP_THRESHOLD):
+        yield False
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, _REUSED_MMAP_THRESHOLD)
     libc.mallopt(_M_TRIM_THRESHOLD, _REUSED_TRIM_THRESHOLD)
     try:
-        yield
+        yield True
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, _RESTORED_MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, _RESTORED_TRIM_THRESHOLD)
