@@ -6,7 +6,7 @@
 - `reused_large_allocations`: glibc serves every allocation above its mmap threshold (32 MiB at
   most) with a fresh mapping that the kernel zero-fills page by page on first touch, so each
   large temporary tensor costs page faults on top of its own work: a ReLU or a residual add over
-  a 250 MB LowRes activation took about 3x longer than the same operation into reused memory
+  a 127 MB LowRes activation (bfloat16) took 58-64 ms against 17-20 ms into reused memory
   (2 cores). Inside this block such tensors come from the heap and are reused once freed.
 """
 
