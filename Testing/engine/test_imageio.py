@@ -1,5 +1,6 @@
 """Reading (files and DICOM series), refusing bad volumes with one-line errors, atomic writing."""
 
+import gzip
 import struct
 
 import numpy as np
@@ -180,3 +181,19 @@ def test_write_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path):
     write_image(image, target, overwrite=True)
     assert read_image(target).GetSize() == image.GetSize()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+
+
+def test_the_completeness_check_inflates_every_gzip_member(tmp_path):
+    """A .nii.gz may hold several gzip members (e.g. written in parts): the check counts them all."""
+    from liteseg.io.file_integrity import check_file_complete
+
+    path = tmp_path / "phantom.nii"
+    sitk.WriteImage(phantom_image(GEOMETRIES["oblique_20deg"], size=(128, 128, 40)), str(path))
+    data = path.read_bytes()
+    members = tmp_path / "members.nii.gz"
+    members.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    check_file_complete(members)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(members)), sitk.GetArrayFromImage(read_image(path)))
+    members.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:-100]))
+    with pytest.raises(InvalidImageError, match="its header promises"):
+        check_file_complete(members)
