@@ -45,6 +45,7 @@ def native_bfloat16() -> bool:
     return openvino_available() and cpu_supports_bfloat16()
 
 
+@lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
     """The process's C library when it is glibc (the only one with these mallopt parameters)."""
     if not sys.platform.startswith("linux"):

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
+from liteseg.benchmarks.detection import repeated_slices
 from liteseg.cpu import native_bfloat16
 from liteseg.detection.lowres import DEFAULT_MAX_VOXELS_STAGE2, detect_image, find_lowres_card, load_detector
 from liteseg.detection.sliding_window import detect_sliding_window
@@ -35,11 +35,7 @@ WINDOW = (16, 64, 64)  # the 3D U-Net's patch, as in bench-detection
 
 
 def large_volume(repeats: int = 8) -> sitk.Image:
-    slab = sitk.ReadImage(str(data_root() / SLAB))
-    volume = sitk.GetImageFromArray(np.concatenate([sitk.GetArrayFromImage(slab)] * repeats, axis=0))
-    volume.SetSpacing(slab.GetSpacing())
-    volume.SetDirection(slab.GetDirection())
-    return volume
+    return repeated_slices(sitk.ReadImage(str(data_root() / SLAB)), repeats)
 
 
 def cli_seconds(volume: sitk.Image, threads: int) -> tuple[float, str]:

@@ -137,6 +137,15 @@ def compare_lopo(lopo_dir: Path, cases: Sequence[Case], steps: int, batch_size: 
     return [_row("LowRes (two stages)", LowResNet(), lowres), _row("3D U-Net, sliding window", unet3d(), unet)]
 
 
+def repeated_slices(image: sitk.Image, repeats: int) -> sitk.Image:
+    """`image` stacked `repeats` times along its slices (same spacing and direction): a large
+    volume for timing."""
+    large = sitk.GetImageFromArray(np.concatenate([sitk.GetArrayFromImage(image)] * repeats, axis=0))
+    large.SetSpacing(image.GetSpacing())
+    large.SetDirection(image.GetDirection())
+    return large
+
+
 def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[int, ...], float, float]:
     """(size, LowRes seconds, 3D U-Net seconds) on `case` repeated `repeats` times along the slices,
     with the first fold's weights (timing only)."""
@@ -144,10 +153,7 @@ def time_large_volume(lopo_dir: Path, case: Case, repeats: int) -> tuple[tuple[i
     card = fold_card(folder)
     config = fold_config(card)
     image, _ = read_detection_case(case, config)
-    array = np.concatenate([sitk.GetArrayFromImage(image)] * repeats, axis=0)
-    large = sitk.GetImageFromArray(array)
-    large.SetSpacing(image.GetSpacing())
-    large.SetDirection(image.GetDirection())
+    large = repeated_slices(image, repeats)
     network, _ = load_detector(card)
     baseline = unet3d()
     baseline.load_state_dict(torch.load(Path(lopo_dir) / UNET_DIR / f"{folder.name}.pt", weights_only=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -164,7 +165,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
         ct, reference = read_image(fetch_sample(SAMPLE_CT)), read_image(fetch_sample(SAMPLE_PANCREAS))
         localisation = card.localisation or Localisation(CHECKED_STEP_MM)
         if args.localiser is not None:
-            localisation = Localisation(localisation.step_mm, localisation.margin_px, args.localiser)
+            localisation = dataclasses.replace(localisation, model=args.localiser)
         checks = [check_whole_volume(ct, reference, network, card, setting, args.backend) for setting in (localisation, None)]
         print("sample CT (ct/pancreas_TS-A; reference: TotalSegmentator's predicted pancreas, not manual)")
         print(format_volume_table(checks))
